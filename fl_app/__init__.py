@@ -1,0 +1,1 @@
+"""Federated MNIST on Flower: FedAvg done right."""
