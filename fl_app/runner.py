@@ -1,0 +1,336 @@
+"""Start, drive and stop Flower's own processes: for scripts and integration tests.
+
+``flwr run .`` on its own starts a detached SuperLink under ``~/.flwr`` that outlives
+the run and that nothing here could stop by PID. So scripts and tests start the
+SuperLink themselves (a ``ManagedProcess``: own process group, log file, stopped on
+exit), point the ``flwr`` CLI at it through a private ``FLWR_HOME`` whose
+``config.toml`` names the connection, and read the run's outcome with ``flwr list``
+rather than trusting the exit code of ``flwr run --stream`` (0 even for a failed run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Quiet, offline, and never install dependencies at run time: the app's environment
+# is the one it was installed into.
+BASE_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    "RAY_DEDUP_LOGS": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def flower_bin(name: str) -> str:
+    """A Flower executable from this interpreter's environment (venv not activated)."""
+    beside = Path(sys.executable).with_name(name)
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found: install the app with pip first")
+    return found
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(
+    host: str, port: int, timeout: float, process: ManagedProcess
+) -> None:
+    """Block until ``host:port`` accepts connections; fail early if ``process`` died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise RuntimeError(
+                f"{process.name} exited with code {process.popen.returncode} before "
+                f"listening on {host}:{port}; see {process.log_path}:\n"
+                + process.tail()
+            )
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{process.name} did not listen on {host}:{port} in {timeout}s")
+
+
+@dataclass
+class ManagedProcess:
+    """A child process in its own process group, its output in a log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @classmethod
+    def start(
+        cls,
+        name: str,
+        command: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> ManagedProcess:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log_file:
+            popen = subprocess.Popen(
+                list(command),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                cwd=cwd,
+                start_new_session=True,  # own group: stop() reaches its children too
+            )
+        return cls(name, popen, log_path)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace: float = 10.0) -> int | None:
+        """SIGTERM the whole group, then SIGKILL what is left after ``grace`` s."""
+        if self.alive():
+            _signal_group(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        # Children (ServerApp, ClientApp, Ray) may outlive the leader: kill the group.
+        _signal_group(self.pid, signal.SIGKILL)
+        try:
+            self.popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        """Die now, like a crashed machine: SIGKILL to the group, no clean-up."""
+        _signal_group(self.pid, signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@dataclass
+class FlowerHome:
+    """A private ``FLWR_HOME``: its ``config.toml`` names the SuperLink connections."""
+
+    path: Path
+    connections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add_connection(
+        self,
+        name: str,
+        address: str,
+        *,
+        root_certificates: Path | None = None,
+    ) -> None:
+        """Register ``[superlink.<name>]``; TLS iff ``root_certificates`` is given."""
+        entry: dict[str, Any] = {"address": address}
+        if root_certificates is None:
+            entry["insecure"] = True
+        else:
+            entry["root-certificates"] = str(Path(root_certificates).resolve())
+        self.connections[name] = entry
+        self._write()
+
+    def _write(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        lines = ["[superlink]", f'default = "{next(iter(self.connections))}"', ""]
+        for name, entry in self.connections.items():
+            lines += _toml_table(f"superlink.{name}", entry)
+        (self.path / "config.toml").write_text("\n".join(lines) + "\n")
+
+    def env(self) -> dict[str, str]:
+        return {**BASE_ENV, "FLWR_HOME": str(self.path)}
+
+
+def _toml_table(name: str, entry: Mapping[str, Any]) -> list[str]:
+    lines = [f"[{name}]"]
+    nested = []
+    for key, value in entry.items():
+        if isinstance(value, Mapping):
+            nested.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    lines.append("")
+    for key, value in nested:
+        lines += _toml_table(f"{name}.{key}", value)
+    return lines
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def simulation_config(num_supernodes: int, cpus_per_client: int) -> dict[str, Any]:
+    """``--federation-config`` values for Flower's Ray-backed simulation."""
+    return {
+        "num-supernodes": num_supernodes,
+        "client-resources-num-cpus": cpus_per_client,
+    }
+
+
+def start_simulation_superlink(
+    home: FlowerHome, port: int, log_dir: Path
+) -> ManagedProcess:
+    """A SuperLink in simulation mode on ``127.0.0.1:port``, owned by the caller."""
+    command = [
+        flower_bin("flower-superlink"),
+        "--insecure",
+        "--simulation",
+        "--isolation",
+        "subprocess",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--database",
+        str(home.path / "state.db"),
+        "--disable-runtime-dependency-installation",
+    ]
+    process = ManagedProcess.start(
+        "superlink", command, log_dir / "superlink.log", env=home.env()
+    )
+    wait_for_port("127.0.0.1", port, 30, process)
+    return process
+
+
+def config_args(values: Mapping[str, Any]) -> str:
+    """``{"lr": 0.1, "dataset": "mnist"}`` as Flower's ``--run-config`` string."""
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = json.dumps(value)
+        else:
+            text = repr(value)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def flwr_run(
+    app_dir: Path,
+    connection: str,
+    home: FlowerHome,
+    run_config: Mapping[str, Any],
+    *,
+    log_path: Path,
+    federation_config: Mapping[str, Any] | None = None,
+    timeout: float = 1800,
+    echo: bool = False,
+) -> int:
+    """Submit the app, stream its logs until the run ends, return the run id."""
+    command = [
+        flower_bin("flwr"),
+        "run",
+        str(app_dir),
+        connection,
+        "--stream",
+        "--run-config",
+        config_args(run_config),
+    ]
+    if federation_config:
+        command += ["--federation-config", config_args(federation_config)]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    run_id: int | None = None
+    with open(log_path, "a") as log_file:
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **home.env()},
+            text=True,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        assert process.stdout is not None
+        try:
+            for line in process.stdout:
+                log_file.write(line)
+                log_file.flush()
+                if echo:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                if run_id is None and "Successfully started run" in line:
+                    run_id = int(line.rsplit(" ", 1)[-1])
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"flwr run exceeded {timeout}s; see {log_path}")
+        finally:
+            if process.poll() is None:
+                _signal_group(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+    if run_id is None:
+        raise RuntimeError(f"flwr run did not start a run; see {log_path}")
+    return run_id
+
+
+def run_status(connection: str, home: FlowerHome, run_id: int) -> dict[str, Any]:
+    """``flwr list --run-id`` as a dict: ``status`` is e.g. ``finished:completed``."""
+    out = subprocess.run(
+        [
+            flower_bin("flwr"),
+            "list",
+            connection,
+            "--run-id",
+            str(run_id),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **home.env()},
+        timeout=60,
+        check=False,
+    )
+    try:
+        payload = json.loads(out.stdout)
+    except json.JSONDecodeError as error:
+        raise RuntimeError(
+            f"flwr list gave no JSON: {out.stdout}{out.stderr}"
+        ) from error
+    runs = payload.get("runs", [])
+    if not runs:
+        raise RuntimeError(f"flwr list knows no run {run_id}: {payload}")
+    return runs[0]
