@@ -1,7 +1,7 @@
 """Run the app in Flower's Ray-backed simulation, then stop everything it started.
 
-    python scripts/simulate.py --num-supernodes 100 \
-        --run-config "dataset='fashion-mnist' data-dir='/usr/share/datasets/fashion-mnist'"
+    python scripts/simulate.py --num-supernodes 100 --run-config \
+        "dataset='fashion-mnist' data-dir='/usr/share/datasets/fashion-mnist'"
 
 The same as ``flwr run . --federation-config ...`` except that the SuperLink is this
 script's own child (private FLWR_HOME, free port, stopped at the end or on Ctrl-C), the
