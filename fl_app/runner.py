@@ -177,7 +177,10 @@ class FlowerHome:
         (self.path / "config.toml").write_text("\n".join(lines) + "\n")
 
     def env(self) -> dict[str, str]:
-        return {**BASE_ENV, "FLWR_HOME": str(self.path)}
+        """Environment for Flower's processes: this home, and this venv on PATH (the
+        SuperLink starts ``flwr-serverapp`` and friends by name)."""
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+        return {**BASE_ENV, "FLWR_HOME": str(self.path), "PATH": path}
 
 
 def _toml_table(name: str, entry: Mapping[str, Any]) -> list[str]:
