@@ -295,7 +295,15 @@ class BaseStrategy(FlowerFedAvg):
     def _log_progress(self, record: outputs.RoundRecord) -> None:
         total = self.config.num_server_rounds
         done = record.round
-        eta = (record.elapsed_seconds / done) * (total - done) if done else math.nan
+        # Round 1 also pays for start-up (actors, data): time later rounds from it.
+        rounds = [r for r in self.history if r.round >= 1]
+        if len(rounds) >= 2:
+            per_round = (rounds[-1].elapsed_seconds - rounds[0].elapsed_seconds) / (
+                len(rounds) - 1
+            )
+        else:
+            per_round = record.elapsed_seconds / done if done else math.nan
+        eta = per_round * (total - done)
         clients = (
             f" | clients {record.clients_succeeded}/{record.clients_sampled}"
             if done
