@@ -1,4 +1,4 @@
-"""The real app through Flower's Ray-backed simulation: ``flwr run`` against a SuperLink.
+"""The real app through Flower's simulation: ``flwr run`` against a SuperLink.
 
 No stand-in loop: a SuperLink in simulation mode, ``flwr run`` with 10 virtual
 SuperNodes, the ServerApp and ClientApps as Flower starts them. Checked from what the
@@ -149,7 +149,7 @@ def test_same_seed_same_history_other_seed_other_history(runs: dict) -> None:
 def test_bad_config_fails_the_run_with_the_key_named(
     superlink: tuple[FlowerHome, ManagedProcess], mnist_dir: Path, tmp_path: Path
 ) -> None:
-    home, process = superlink
+    home, _ = superlink
     run_id = flwr_run(
         APP_DIR,
         "sim",
