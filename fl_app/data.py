@@ -87,8 +87,14 @@ def _download(dataset: str) -> Path:
 
     root = cache_dir() / "downloads"
     cls = getattr(tvd, _TORCHVISION_CLASS[dataset])
-    for train in (True, False):
-        cls(root=str(root), train=train, download=True)
+    try:
+        for train in (True, False):
+            cls(root=str(root), train=train, download=True)
+    except Exception as error:
+        raise RuntimeError(
+            f"could not download {dataset} with torchvision into {root} ({error}); "
+            "offline, point the run config's 'data-dir' at a directory of IDX files"
+        ) from error
     return root / _TORCHVISION_CLASS[dataset] / "raw"
 
 
