@@ -13,9 +13,11 @@ import gzip
 import hashlib
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -128,17 +130,18 @@ def load_raw(dataset: str, data_dir: str, split: str) -> tuple[np.ndarray, np.nd
             f"{directory}: {split} images {images.shape} do not match labels "
             f"{labels.shape}"
         )
-    _save_atomically(images_npy, images)
-    _save_atomically(labels_npy, labels)
+    _save_atomically(images_npy, lambda handle: np.save(handle, images))
+    _save_atomically(labels_npy, lambda handle: np.save(handle, labels))
     return images, labels
 
 
-def _save_atomically(path: Path, array: np.ndarray) -> None:
+def _save_atomically(path: Path, save: Callable[[BinaryIO], None]) -> None:
+    """Write via ``save`` to a temporary file, then rename: readers never see half."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as handle:
-            np.save(handle, array)
+            save(handle)
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only cache only costs speed
@@ -224,23 +227,10 @@ def _all_partitions(
     ``datasets`` and re-running the partitioner.
     """
     _, labels = load_raw(dataset, data_dir, "train")
-    directory = Path(data_dir).expanduser() if data_dir else Path(dataset)
-    key_text = "|".join(
-        map(
-            str,
-            (
-                dataset,
-                directory.resolve(),
-                len(labels),
-                partitioner,
-                num_partitions,
-                alpha,
-                seed,
-                labels[:64].tolist(),
-            ),
-        )
-    )
-    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    # The partitions depend on the labels and the partitioner's arguments only.
+    digest = hashlib.sha256(np.ascontiguousarray(labels).tobytes())
+    digest.update(f"{partitioner}|{num_partitions}|{alpha!r}|{seed}".encode())
+    key = digest.hexdigest()[:16]
     path = cache_dir() / "partitions" / f"{dataset}-{partitioner}-{key}.npz"
     if path.is_file():
         stored = np.load(path)
@@ -249,13 +239,10 @@ def _all_partitions(
         labels, partitioner, num_partitions, alpha=alpha, seed=seed
     )
     offsets = np.cumsum([0] + [len(p) for p in parts])
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, indices=np.concatenate(parts), offsets=offsets)
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    indices = np.concatenate(parts)
+    _save_atomically(
+        path, lambda handle: np.savez(handle, indices=indices, offsets=offsets)
+    )
     return tuple(parts)
 
 
