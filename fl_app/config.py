@@ -9,6 +9,7 @@ with one message naming the key, instead of failing deep inside a round.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,9 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad key."""
+        for field in dataclasses.fields(self):
+            if field.type != "str":
+                _finite_number(field.name.replace("_", "-"), getattr(self, field.name))
         _positive_int("num-server-rounds", self.num_server_rounds)
         _fraction("fraction-fit", self.fraction_fit, allow_zero=False)
         _fraction("fraction-evaluate", self.fraction_evaluate, allow_zero=True)
@@ -110,6 +114,14 @@ class RunConfig:
             raise ConfigError(
                 "val-fraction", f"must be in [0, 1), got {self.val_fraction}"
             )
+        if self.fraction_evaluate > 0 and self.val_fraction == 0:
+            raise ConfigError(
+                "val-fraction",
+                "must be > 0 when fraction-evaluate > 0: clients evaluate on the "
+                "share of their partition it holds out",
+            )
+        if self.seed < 0:
+            raise ConfigError("seed", f"must be >= 0, got {self.seed}")
         if self.data_dir and not Path(self.data_dir).expanduser().is_dir():
             raise ConfigError(
                 "data-dir",
@@ -131,13 +143,19 @@ def _coerce(key: str, raw: Any, type_name: Any) -> Any:
         if not isinstance(raw, str):
             raise ConfigError(key, f"expected a string, got {raw!r}")
         return raw
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-        raise ConfigError(key, f"expected a number, got {raw!r}")
+    _finite_number(key, raw)
     if kind is int:
         if float(raw) != int(raw):
             raise ConfigError(key, f"expected a whole number, got {raw!r}")
         return int(raw)
     return float(raw)
+
+
+def _finite_number(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(key, f"expected a finite number, got {value!r}")
 
 
 def _positive_int(key: str, value: int) -> None:
@@ -146,7 +164,7 @@ def _positive_int(key: str, value: int) -> None:
 
 
 def _non_negative(key: str, value: float) -> None:
-    if value < 0:
+    if not value >= 0:
         raise ConfigError(key, f"must be >= 0, got {value}")
 
 

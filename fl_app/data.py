@@ -106,7 +106,7 @@ def _source_key(dataset: str, directory: Path, split: str) -> str:
     for stem in IDX_FILES[split]:
         path = find_idx(directory, stem)
         stat = path.stat()
-        parts += [str(path.resolve()), str(stat.st_size), str(int(stat.st_mtime))]
+        parts += [str(path.resolve()), str(stat.st_size), str(stat.st_mtime_ns)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

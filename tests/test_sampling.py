@@ -1,0 +1,194 @@
+"""Seeded client sampling in BaseStrategy: configure_fit picks C·K clients by partition
+id, reproducibly for a seed whatever the node ids and registration order, differently
+for another seed or round; it sends the RunConfig's fit config, asks each node for its
+partition only once, and stops with NotEnoughClientsError naming
+'min-available-clients' when too few nodes connect."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.common import (
+    Parameters,
+    ndarrays_to_parameters,
+)
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
+
+import strategies
+from fl_app.config import ConfigError, RunConfig
+from fl_app.model import get_weights
+from strategies.base import NotEnoughClientsError
+from tests.fakes import FakeNode
+
+NUM_NODES = 20
+
+
+def partition_of(proxy: ClientProxy) -> int:
+    assert isinstance(proxy, FakeNode)
+    return proxy.partition_id
+
+
+def make_manager(
+    num_nodes: int, shuffle_seed: int
+) -> tuple[SimpleClientManager, list[FakeNode]]:
+    """Nodes with random cids (as Flower's node ids are), registered in random order."""
+    rng = np.random.default_rng(shuffle_seed)
+    nodes = [
+        FakeNode(str(int(rng.integers(1, 2**62))), partition_id=k)
+        for k in range(num_nodes)
+    ]
+    manager = SimpleClientManager()
+    for i in rng.permutation(num_nodes):
+        assert manager.register(nodes[i])
+    return manager, nodes
+
+
+def make_strategy(mnist_dir: Path, **changes: object) -> strategies.FedAvg:
+    base = RunConfig(
+        dataset="mnist",
+        data_dir=str(mnist_dir),
+        fraction_fit=0.25,
+        min_fit_clients=2,
+        min_available_clients=2,
+        min_available_timeout=1.0,
+    )
+    return strategies.FedAvg(base.replace(**changes), run_dir=None)
+
+
+def parameters_of(strategy: strategies.FedAvg) -> Parameters:
+    return ndarrays_to_parameters(get_weights(strategy.model))
+
+
+def fit_partitions(
+    strategy: strategies.FedAvg, manager: SimpleClientManager, server_round: int
+) -> list[int]:
+    chosen = strategy.configure_fit(server_round, parameters_of(strategy), manager)
+    partitions = [partition_of(proxy) for proxy, _ in chosen]
+    assert len(set(partitions)) == len(partitions), "a client was picked twice"
+    return partitions
+
+
+def test_configure_fit_picks_a_fraction_of_the_clients(mnist_dir: Path) -> None:
+    manager, _ = make_manager(NUM_NODES, shuffle_seed=0)
+    strategy = make_strategy(mnist_dir)
+    assert len(fit_partitions(strategy, manager, 1)) == 5  # 0.25 * 20
+
+
+def test_sample_size_never_below_min_fit_clients(mnist_dir: Path) -> None:
+    manager, _ = make_manager(NUM_NODES, shuffle_seed=0)
+    strategy = make_strategy(
+        mnist_dir, fraction_fit=0.01, min_fit_clients=3, min_available_clients=3
+    )
+    assert len(fit_partitions(strategy, manager, 1)) == 3
+
+
+def test_same_seed_same_partitions_whatever_the_node_ids(mnist_dir: Path) -> None:
+    manager_a, nodes_a = make_manager(NUM_NODES, shuffle_seed=1)
+    manager_b, nodes_b = make_manager(NUM_NODES, shuffle_seed=2)
+    assert {n.cid for n in nodes_a}.isdisjoint(n.cid for n in nodes_b)
+    assert list(manager_a.all()) != list(manager_b.all())
+    strategy_a = make_strategy(mnist_dir, seed=11)
+    strategy_b = make_strategy(mnist_dir, seed=11)
+    for server_round in range(1, 6):
+        assert fit_partitions(strategy_a, manager_a, server_round) == fit_partitions(
+            strategy_b, manager_b, server_round
+        )
+
+
+def test_other_seed_or_round_picks_other_clients(mnist_dir: Path) -> None:
+    manager, _ = make_manager(NUM_NODES, shuffle_seed=3)
+    strategy = make_strategy(mnist_dir, seed=11)
+    other = make_strategy(mnist_dir, seed=12)
+    rounds = range(1, 9)
+    mine = [frozenset(fit_partitions(strategy, manager, r)) for r in rounds]
+    theirs = [frozenset(fit_partitions(other, manager, r)) for r in rounds]
+
+    # Another seed: almost every round differs (C(20, 5) = 15,504 possible sets).
+    assert sum(a == b for a, b in zip(mine, theirs, strict=True)) <= 1
+    # Another round: the sets change from round to round ...
+    assert len(set(mine)) >= len(mine) - 1
+    # ... and over 8 rounds reach well beyond a fixed handful of partitions.
+    assert len(frozenset().union(*mine)) > 10
+
+
+def test_fit_config_comes_from_the_run_config(mnist_dir: Path) -> None:
+    manager, _ = make_manager(NUM_NODES, shuffle_seed=0)
+    strategy = make_strategy(
+        mnist_dir, learning_rate=0.03, local_epochs=3, batch_size=0, seed=7
+    )
+    parameters = parameters_of(strategy)
+    chosen = strategy.configure_fit(4, parameters, manager)
+    assert chosen
+    for _, fit_ins in chosen:
+        assert fit_ins.config == {
+            "server-round": 4,
+            "learning-rate": 0.03,
+            "local-epochs": 3,
+            "batch-size": 0,
+            "seed": 7,
+        }
+        assert fit_ins.parameters.tensors == parameters.tensors
+
+
+def test_each_node_is_asked_for_its_partition_once(mnist_dir: Path) -> None:
+    manager, nodes = make_manager(NUM_NODES, shuffle_seed=4)
+    strategy = make_strategy(mnist_dir, fraction_evaluate=0.25)
+    for server_round in range(1, 5):
+        fit_partitions(strategy, manager, server_round)
+        strategy.configure_evaluate(server_round, parameters_of(strategy), manager)
+    assert [n.property_calls for n in nodes] == [1] * NUM_NODES
+
+    late = FakeNode("late-node", partition_id=NUM_NODES)
+    manager.register(late)
+    fit_partitions(strategy, manager, 5)
+    assert late.property_calls == 1
+    assert [n.property_calls for n in nodes] == [1] * NUM_NODES
+
+
+def test_a_node_without_a_partition_is_never_picked(mnist_dir: Path) -> None:
+    manager, _ = make_manager(NUM_NODES, shuffle_seed=5)
+    broken = FakeNode("broken", partition_id=-5, fail=True)
+    manager.register(broken)
+    strategy = make_strategy(mnist_dir, fraction_fit=1.0)
+    for server_round in range(1, 3):
+        chosen = strategy.configure_fit(server_round, parameters_of(strategy), manager)
+        assert len(chosen) == NUM_NODES
+        assert broken not in [proxy for proxy, _ in chosen]
+
+
+def test_evaluate_sample_is_independent_of_the_fit_sample(mnist_dir: Path) -> None:
+    manager, _ = make_manager(NUM_NODES, shuffle_seed=6)
+    strategy = make_strategy(mnist_dir, fraction_evaluate=0.25)
+    no_eval = make_strategy(mnist_dir)
+    parameters = parameters_of(strategy)
+    assert no_eval.configure_evaluate(1, parameters, manager) == []
+    same_rounds = 0
+    for server_round in range(1, 6):
+        fit = frozenset(fit_partitions(strategy, manager, server_round))
+        chosen = strategy.configure_evaluate(server_round, parameters, manager)
+        assert len(chosen) == 5
+        assert all(ins.config["server-round"] == server_round for _, ins in chosen)
+        same_rounds += fit == frozenset(partition_of(p) for p, _ in chosen)
+    assert same_rounds <= 1
+
+
+def test_too_few_clients_stop_with_a_clear_error(mnist_dir: Path) -> None:
+    manager, _ = make_manager(1, shuffle_seed=7)
+    strategy = make_strategy(
+        mnist_dir, min_available_clients=2, min_available_timeout=1.0
+    )
+    started = time.monotonic()
+    with pytest.raises(NotEnoughClientsError, match="'min-available-clients'"):
+        strategy.configure_fit(1, parameters_of(strategy), manager)
+    assert time.monotonic() - started < 30  # waited ~1 s, not the 300 s default
+
+
+def test_an_infinite_timeout_is_refused_before_sampling(mnist_dir: Path) -> None:
+    """inf would reach ``wait_for``'s integer timeout; the config refuses it first."""
+    with pytest.raises(ConfigError, match="'min-available-timeout'"):
+        make_strategy(mnist_dir, min_available_timeout=math.inf)
