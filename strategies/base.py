@@ -320,6 +320,17 @@ class BaseStrategy(FlowerFedAvg):
             _clock(record.elapsed_seconds),
             _clock(eta),
         )
+        if done == total and self.run_dir is not None:
+            best = max(self.history, key=lambda r: r.test_accuracy)
+            log(
+                INFO,
+                "done: final test accuracy %.2f%% (best %.2f%% in round %d); "
+                "results in %s",
+                100 * record.test_accuracy,
+                100 * best.test_accuracy,
+                best.round,
+                self.run_dir,
+            )
 
 
 def _clock(seconds: float) -> str:
