@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -118,7 +119,10 @@ class ManagedProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, grace: float = 10.0) -> int | None:
-        """SIGTERM the whole group, then SIGKILL what is left after ``grace`` s."""
+        """SIGTERM the whole group, SIGKILL what is left after ``grace`` s, then kill
+        any descendant that left the group (the SuperLink starts its SuperExec in a
+        session of its own)."""
+        escaped = _descendants(self.pid) if self.alive() else set()
         if self.alive():
             _signal_group(self.pid, signal.SIGTERM)
             try:
@@ -131,12 +135,47 @@ class ManagedProcess:
             self.popen.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             pass
+        for pid, started in escaped:
+            if _start_time(pid) == started:  # the same process, not a reused PID
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         return self.popen.returncode
 
     def kill(self) -> None:
         """Die now, like a crashed machine: SIGKILL to the group, no clean-up."""
         _signal_group(self.pid, signal.SIGKILL)
         self.popen.wait(timeout=10)
+
+
+def _start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (start time): tells a process from a reused PID."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(text.rsplit(")", 1)[1].split()[19])
+
+
+def _descendants(root: int) -> set[tuple[int, int]]:
+    """(pid, start time) of every process below ``root`` (Linux /proc; else none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[tuple[int, int]] = set()
+    stack = list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        started = _start_time(pid)
+        if started is not None:
+            found.add((pid, started))
+        stack += children.get(pid, [])
+    return found
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -288,6 +327,12 @@ def flwr_run(
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
+        # The loop below only wakes on output: a silent hang needs a timer.
+        watchdog = threading.Timer(
+            timeout, _signal_group, (process.pid, signal.SIGTERM)
+        )
+        watchdog.daemon = True
+        watchdog.start()
         assert process.stdout is not None
         try:
             for line in process.stdout:
@@ -301,9 +346,12 @@ def flwr_run(
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"flwr run exceeded {timeout}s; see {log_path}")
         finally:
+            watchdog.cancel()
             if process.poll() is None:
                 _signal_group(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
+    if time.monotonic() > deadline:
+        raise TimeoutError(f"flwr run exceeded {timeout}s; see {log_path}")
     if run_id is None:
         raise RuntimeError(f"flwr run did not start a run; see {log_path}")
     return run_id

@@ -34,7 +34,8 @@ def test_knob_table_matches_pyproject() -> None:
     knobs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
         "config"
     ]
-    rows = dict(re.findall(r"^\| `([a-z-]+)` \| (.*?) \|", README, flags=re.MULTILINE))
+    section = README.split("## The knobs", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `([a-z-]+)` \| (.*?) \|", section, flags=re.MULTILINE))
     assert set(rows) == set(knobs)
     for key, value in knobs.items():
         shown = rows[key].strip("`")
