@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from fl_app.runner import (
-    BASE_ENV,
     FlowerHome,
     ManagedProcess,
     flower_bin,
+    flower_env,
     flwr_run,
     free_port,
     run_status,
@@ -39,7 +35,6 @@ from fl_app.runner import (
 APP_DIR = Path(__file__).resolve().parent.parent
 CONNECTION = "local"  # name of the SuperLink connection in the private FLWR_HOME
 LOOPBACK = "127.0.0.1"
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -113,7 +108,7 @@ class Federation:
         self.work_dir = work_dir.resolve()
         self.app_dir = app_dir
         self.log_dir = self.work_dir / "logs"
-        self.env = {**BASE_ENV, **(env or {})}
+        self.extra_env = dict(env or {})
         self.home = FlowerHome(self.work_dir / "cli")
         self.superlink: ManagedProcess | None = None
         self.supernodes: dict[str, ManagedProcess] = {}
@@ -342,41 +337,4 @@ class Federation:
 
     def _env(self, flwr_home: Path) -> dict[str, str]:
         """Each Flower process installs the app into a FLWR_HOME of its own."""
-        return {**self.env, "FLWR_HOME": str(flwr_home)}
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt, so ``finally`` blocks stop the processes.
-
-    Only in the main thread (where Python delivers signals); elsewhere a no-op.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def uninterruptible() -> Iterator[None]:
-    """Ignore SIGINT and SIGTERM meanwhile: a second Ctrl-C must not cut clean-up short.
-
-    Only in the main thread (where Python delivers signals); elsewhere a no-op.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        return {**flower_env(flwr_home), **self.extra_env}

@@ -19,9 +19,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 # Quiet, offline, and never install dependencies at run time: the app's environment
@@ -34,6 +36,14 @@ BASE_ENV = {
     "RAY_DEDUP_LOGS": "1",
     "PYTHONUNBUFFERED": "1",
 }
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for a Flower process: ``BASE_ENV``, its home, and this venv's
+    ``bin`` first on PATH, because Flower starts ``flower-superexec``,
+    ``flwr-serverapp`` and ``flwr-clientapp`` by name (the venv need not be active)."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    return {**BASE_ENV, "FLWR_HOME": str(flwr_home), "PATH": path}
 
 
 def flower_bin(name: str) -> str:
@@ -216,10 +226,7 @@ class FlowerHome:
         (self.path / "config.toml").write_text("\n".join(lines) + "\n")
 
     def env(self) -> dict[str, str]:
-        """Environment for Flower's processes: this home, and this venv on PATH (the
-        SuperLink starts ``flwr-serverapp`` and friends by name)."""
-        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
-        return {**BASE_ENV, "FLWR_HOME": str(self.path), "PATH": path}
+        return flower_env(self.path)
 
 
 def _toml_table(name: str, entry: Mapping[str, Any]) -> list[str]:
@@ -385,3 +392,41 @@ def run_status(connection: str, home: FlowerHome, run_id: int) -> dict[str, Any]
     if not runs:
         raise RuntimeError(f"flwr list knows no run {run_id}: {payload}")
     return runs[0]
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt, so ``finally`` blocks stop the processes.
+
+    Only in the main thread (where Python delivers signals); elsewhere a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def uninterruptible() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM meanwhile: a second Ctrl-C must not cut clean-up short.
+
+    Only in the main thread (where Python delivers signals); elsewhere a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in stops}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

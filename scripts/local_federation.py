@@ -21,12 +21,8 @@ from pathlib import Path
 
 from flwr.common.config import parse_config_args
 
-from fl_app.federation import (
-    Certs,
-    Federation,
-    sigterm_as_interrupt,
-    uninterruptible,
-)
+from fl_app.federation import Certs, Federation
+from fl_app.runner import sigterm_as_interrupt, uninterruptible
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -23,8 +23,10 @@ from fl_app.runner import (
     flwr_run,
     free_port,
     run_status,
+    sigterm_as_interrupt,
     simulation_config,
     start_simulation_superlink,
+    uninterruptible,
 )
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -62,23 +64,27 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         home.add_connection("sim", f"127.0.0.1:{port}")
         federation = simulation_config(args.num_supernodes, args.cpus_per_client)
-        superlink = start_simulation_superlink(home, port, log_dir)
+        superlink = None
         try:
-            run_id = flwr_run(
-                APP_DIR,
-                "sim",
-                home,
-                run_config,
-                log_path=log_dir / "run.log",
-                echo=True,
-                federation_config=federation,
-            )
-            status = run_status("sim", home, run_id)
+            with sigterm_as_interrupt():
+                superlink = start_simulation_superlink(home, port, log_dir)
+                run_id = flwr_run(
+                    APP_DIR,
+                    "sim",
+                    home,
+                    run_config,
+                    log_path=log_dir / "run.log",
+                    echo=True,
+                    federation_config=federation,
+                )
+                status = run_status("sim", home, run_id)
         except KeyboardInterrupt:
             print("\ninterrupted: stopping the SuperLink", file=sys.stderr)
             return 130
         finally:
-            superlink.stop()
+            if superlink is not None:
+                with uninterruptible():
+                    superlink.stop()
 
     print(json.dumps({"run-id": run_id, "status": status.get("status")}))
     latest = output_dir / "latest"
