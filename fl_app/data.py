@@ -42,10 +42,6 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def subset(self, indices: np.ndarray | torch.Tensor) -> Split:
-        index = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        return Split(self.x[index], self.y[index])
-
 
 def cache_dir() -> Path:
     """Where decoded arrays and downloads go (``FL_APP_CACHE`` overrides)."""

@@ -26,6 +26,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from flwr.common.config import parse_config_args
+
 # Quiet, offline, and never install dependencies at run time: the app's environment
 # is the one it was installed into.
 BASE_ENV = {
@@ -362,6 +364,31 @@ def flwr_run(
     if run_id is None:
         raise RuntimeError(f"flwr run did not start a run; see {log_path}")
     return run_id
+
+
+def parse_run_config(text: str, default_output_dir: Path) -> dict[str, Any]:
+    """``--run-config`` overrides (Flower syntax) with ``output-dir`` made absolute:
+    the ServerApp runs in the SuperLink's working directory, not the caller's."""
+    run_config = parse_config_args([text]) if text else {}
+    output_dir = Path(str(run_config.get("output-dir", default_output_dir)))
+    run_config["output-dir"] = str(output_dir.expanduser().resolve())
+    return run_config
+
+
+def report_outcome(
+    run_id: int, status: str, details: str, output_dir: Path, log_dir: Path
+) -> int:
+    """Print how a run ended and where its results or logs are; the exit code."""
+    print(json.dumps({"run-id": run_id, "status": status}))
+    if status == "finished:completed":
+        latest = output_dir / "latest"
+        print(f"results: {latest.resolve() if latest.exists() else output_dir}")
+        return 0
+    print(
+        f"run {run_id} did not complete: {status} {details}\nlogs in {log_dir}",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def run_status(connection: str, home: FlowerHome, run_id: int) -> dict[str, Any]:

@@ -14,15 +14,17 @@ on SIGTERM. Exit code 0 only if Flower reports the run ``finished:completed``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from flwr.common.config import parse_config_args
-
 from fl_app.federation import Certs, Federation
-from fl_app.runner import sigterm_as_interrupt, uninterruptible
+from fl_app.runner import (
+    parse_run_config,
+    report_outcome,
+    sigterm_as_interrupt,
+    uninterruptible,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,9 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:
         print(f"local_federation: {error}", file=sys.stderr)
         return 2
-    run_config = parse_config_args([args.run_config]) if args.run_config else {}
-    output_dir = Path(str(run_config.get("output-dir", REPO / "outputs"))).resolve()
-    run_config["output-dir"] = str(output_dir)
+    run_config = parse_run_config(args.run_config, REPO / "outputs")
+    output_dir = Path(run_config["output-dir"])
     work_dir = args.work_dir.resolve() / time.strftime("%Y%m%d-%H%M%S")
     print(f"logs and state: {work_dir}", flush=True)
 
@@ -88,17 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         with uninterruptible():
             federation.stop()
 
-    print(json.dumps({"run-id": result.run_id, "status": result.status}))
-    if result.completed:
-        latest = output_dir / "latest"
-        print(f"results: {latest.resolve() if latest.exists() else output_dir}")
-        return 0
-    print(
-        f"run {result.run_id} did not complete: {result.status} {result.details}\n"
-        f"logs in {federation.log_dir}",
-        file=sys.stderr,
+    return report_outcome(
+        result.run_id, result.status, result.details, output_dir, federation.log_dir
     )
-    return 1
 
 
 if __name__ == "__main__":

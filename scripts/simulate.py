@@ -11,17 +11,16 @@ output directory is made absolute, and the exit code says whether the run comple
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
-
-from flwr.common.config import parse_config_args
 
 from fl_app.runner import (
     FlowerHome,
     flwr_run,
     free_port,
+    parse_run_config,
+    report_outcome,
     run_status,
     sigterm_as_interrupt,
     simulation_config,
@@ -53,10 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    run_config = parse_config_args([args.run_config]) if args.run_config else {}
-    run_config.setdefault("output-dir", str(Path(args.output_dir).resolve()))
-    output_dir = Path(str(run_config["output-dir"])).resolve()
-    run_config["output-dir"] = str(output_dir)
+    run_config = parse_run_config(args.run_config, Path(args.output_dir))
+    output_dir = Path(run_config["output-dir"])
     log_dir = output_dir / "logs"
 
     with tempfile.TemporaryDirectory(prefix="fl-app-flwr-") as tmp:
@@ -86,15 +83,13 @@ def main(argv: list[str] | None = None) -> int:
                 with uninterruptible():
                     superlink.stop()
 
-    print(json.dumps({"run-id": run_id, "status": status.get("status")}))
-    latest = output_dir / "latest"
-    if str(status.get("status", "")).endswith("completed"):
-        print(f"results: {latest.resolve() if latest.exists() else output_dir}")
-        return 0
-    print(
-        f"run {run_id} did not complete ({status}); logs in {log_dir}", file=sys.stderr
+    return report_outcome(
+        run_id,
+        str(status.get("status", "")),
+        str(status.get("status-details", "")),
+        output_dir,
+        log_dir,
     )
-    return 1
 
 
 if __name__ == "__main__":

@@ -219,16 +219,9 @@ class BaseStrategy(FlowerFedAvg):
                 server_round,
                 _describe(failure),
             )
-        metrics = weighted_metrics(
-            [(res.num_examples, res.metrics) for _, res in ordered]
-        )
-        self._pending.update(
-            clients_succeeded=len(ordered),
-            clients_failed=len(failures),
-            bytes_received=sum(parameters_nbytes(res.parameters) for _, res in ordered),
-            train_loss=float(metrics.get("train_loss", math.nan)),
-        )
-        if len(ordered) < self.min_fit_clients:
+        if len(ordered) >= self.min_fit_clients:
+            parameters, metrics = super().aggregate_fit(server_round, ordered, failures)
+        else:
             log(
                 WARNING,
                 "round %s: %s replies < min-fit-clients=%s; model unchanged",
@@ -236,8 +229,17 @@ class BaseStrategy(FlowerFedAvg):
                 len(ordered),
                 self.min_fit_clients,
             )
-            return None, metrics
-        return super().aggregate_fit(server_round, ordered, failures)
+            parameters = None
+            metrics = weighted_metrics(
+                [(res.num_examples, res.metrics) for _, res in ordered]
+            )
+        self._pending.update(
+            clients_succeeded=len(ordered),
+            clients_failed=len(failures),
+            bytes_received=sum(parameters_nbytes(res.parameters) for _, res in ordered),
+            train_loss=float(metrics.get("train_loss", math.nan)),
+        )
+        return parameters, metrics
 
     # ----------------------------------------------------------------- evaluation
     def evaluate(
@@ -257,7 +259,7 @@ class BaseStrategy(FlowerFedAvg):
             **pending,  # type: ignore[arg-type]
         )
         self.history.append(record)
-        self._save(server_round)
+        self._save()
         self._log_progress(record)
         return loss, {"accuracy": accuracy}
 
@@ -275,11 +277,11 @@ class BaseStrategy(FlowerFedAvg):
             self.history[-1].federated_accuracy = float(
                 metrics.get("accuracy", math.nan)
             )
-            self._save(server_round, with_model=False)
+            self._save(with_model=False)
         return loss, metrics
 
     # ----------------------------------------------------------------- output
-    def _save(self, server_round: int, with_model: bool = True) -> None:
+    def _save(self, with_model: bool = True) -> None:
         if self.run_dir is None:
             return
         outputs.write_history(self.run_dir, self.history)

@@ -20,6 +20,7 @@ from fl_app.data import (
     find_idx,
     load_raw,
     load_split,
+    normalise,
     partition_indices,
     read_idx,
 )
@@ -328,7 +329,8 @@ def test_client_data_splits_its_partition_into_train_and_val(
     train_rows, val_rows = _rows(train.x), _rows(val.x)
     assert len(train_rows) == len(train)  # synthetic images are all distinct
     assert not train_rows & val_rows, "train and val share samples"
-    whole = load_split("mnist", str(mnist_dir), "train").subset(part)
+    images, labels = load_raw("mnist", str(mnist_dir), "train")
+    whole = normalise("mnist", images[part], labels[part])
     assert train_rows | val_rows == _rows(whole.x)
     # Labels travel with their images.
     assert sorted(torch.cat([train.y, val.y]).tolist()) == sorted(whole.y.tolist())
