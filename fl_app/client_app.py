@@ -1,24 +1,30 @@
 """The Flower ClientApp: a thin NumPyClient over the node's own partition.
 
-A client never sends data, only the weights it trained, its example count ``n_k`` and
-its training loss. The knobs that shape the data (dataset, partitioner, seed) come from
-the run config; those that shape a round of training (lr, epochs, batch, seed) come
-from the strategy's fit config, so a strategy can vary them per round.
+A client never sends data, only its update (the weights it trained minus the ones it
+received), its example count ``n_k`` and its training loss. The knobs that shape the
+data (dataset, partitioner, seed) and the attack role of the studies come from the run
+config; those that shape a round of training (lr, epochs, batch, seed, and what an
+algorithm adds: FedProx's mu, SCAFFOLD's variate) come from the strategy's fit
+config, so one ClientApp serves every strategy.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 import torch
+from flwr.app import RecordDict
 from flwr.client import Client, ClientApp, NumPyClient
 from flwr.common import Context, NDArrays, Scalar
 from torch import nn
 
-from fl_app.config import RunConfig
+from fl_app.attacks import attacking_partitions, flip_labels, poison_update
+from fl_app.client_parts import ClientPart, client_part
+from fl_app.config import AttackConfig, RunConfig
 from fl_app.data import Split, client_data
 from fl_app.model import build_model, get_weights, set_weights
-from fl_app.training import evaluate, seeded_generator, train
+from fl_app.training import evaluate, local_steps, seeded_generator, train
 
 # Minibatches of ~10 rows gain nothing from intra-op threads; the parallelism is in
 # running clients side by side (one per core), which extra threads would fight.
@@ -28,34 +34,71 @@ torch.set_num_threads(1)
 class FlowerClient(NumPyClient):
     """One partition's client; ``fit`` is McMahan's ClientUpdate from global weights.
 
-    Subclass it and override ``train_locally`` to change local training; what the
-    strategy wants the client to know arrives in ``config``.
+    It receives the global weights (followed by whatever extra arrays the strategy's
+    algorithm sends down), trains, and returns the update ``w_k - w_t`` followed by
+    the algorithm's extra arrays. Subclass it and override ``train_locally`` to
+    change local training; what the strategy wants the client to know arrives in
+    ``config``, and ``state`` (the node's ``Context.state``) outlives the round.
     """
 
     def __init__(
-        self, model: nn.Module, train_data: Split, val_data: Split, partition_id: int
+        self,
+        model: nn.Module,
+        train_data: Split,
+        val_data: Split,
+        partition_id: int,
+        *,
+        num_partitions: int = 1,
+        state: RecordDict | None = None,
+        attack: AttackConfig | None = None,
     ) -> None:
         self.model = model
-        self.train_data = train_data
+        self.train_data = flip_labels(train_data) if _flips(attack) else train_data
         self.val_data = val_data
         self.partition_id = partition_id
+        self.num_partitions = num_partitions
+        self.state = state if state is not None else RecordDict()
+        self.attack = attack
 
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         """Tell the server which partition this node holds (node ids are random)."""
-        return {"partition-id": self.partition_id, "num-examples": len(self.train_data)}
+        return {
+            "partition-id": self.partition_id,
+            "num-partitions": self.num_partitions,
+            "num-examples": len(self.train_data),
+        }
 
     def fit(
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[NDArrays, int, dict[str, Scalar]]:
-        set_weights(self.model, parameters)
-        loss = self.train_locally(config)
+        num_arrays = len(self.model.state_dict())
+        received, extras_down = parameters[:num_arrays], parameters[num_arrays:]
+        set_weights(self.model, received)
+        part = client_part(config, received, extras_down, self.state)
+        loss = self.train_locally(config, part)
+        update = [
+            new - old
+            for new, old in zip(get_weights(self.model), received, strict=True)
+        ]
+        steps = local_steps(
+            len(self.train_data), int(config["local-epochs"]), int(config["batch-size"])
+        )
+        extras_up = part.extras_up(update, steps, float(config["learning-rate"]))
+        if self.attack is not None:
+            rng = np.random.default_rng(
+                [int(config["seed"]), int(config["server-round"]), self.partition_id]
+            )
+            update = poison_update(self.attack, update, rng)
         metrics: dict[str, Scalar] = {
             "train_loss": loss,
             "partition_id": self.partition_id,
+            **part.metrics(),
         }
-        return get_weights(self.model), len(self.train_data), metrics
+        return update + extras_up, len(self.train_data), metrics
 
-    def train_locally(self, config: dict[str, Scalar]) -> float:
+    def train_locally(
+        self, config: dict[str, Scalar], part: ClientPart | None = None
+    ) -> float:
         """E epochs of SGD, batch B; batches seeded by run, round and client."""
         generator = seeded_generator(
             int(config["seed"]), int(config["server-round"]), self.partition_id
@@ -67,6 +110,7 @@ class FlowerClient(NumPyClient):
             batch_size=int(config["batch-size"]),
             lr=float(config["learning-rate"]),
             generator=generator,
+            objective=part,
         )
 
     def evaluate(
@@ -75,6 +119,10 @@ class FlowerClient(NumPyClient):
         set_weights(self.model, parameters)
         loss, accuracy = evaluate(self.model, self.val_data)
         return loss, len(self.val_data), {"accuracy": accuracy}
+
+
+def _flips(attack: AttackConfig | None) -> bool:
+    return attack is not None and attack.kind == "label-flip"
 
 
 @lru_cache(maxsize=2)
@@ -104,7 +152,20 @@ def client_fn(context: Context) -> Client:
         val_fraction=config.val_fraction,
         seed=config.seed,
     )
-    client = FlowerClient(_model(config.model), train_data, val_data, partition_id)
+    attackers = (
+        attacking_partitions(config.seed, num_partitions, config.attack.fraction)
+        if config.attack.enabled
+        else frozenset()
+    )
+    client = FlowerClient(
+        _model(config.model),
+        train_data,
+        val_data,
+        partition_id,
+        num_partitions=num_partitions,
+        state=context.state,
+        attack=config.attack if partition_id in attackers else None,
+    )
     return client.to_client()
 
 

@@ -4,20 +4,29 @@ Every knob lives in ``[tool.flwr.app.config]`` of ``pyproject.toml``; Flower han
 both apps as ``context.run_config``. ``RunConfig.from_flower`` turns that flat mapping
 into a frozen dataclass, so a typo or an out-of-range value stops the run at start-up
 with one message naming the key, instead of failing deep inside a round.
+
+Knobs that belong to one algorithm live in a nested table of their own
+(``[tool.flwr.app.config.fedprox]``), which Flower flattens to dotted keys
+(``fedprox.mu``); each table is one small frozen dataclass below, validated once, and
+its errors name the dotted key (``run config 'fedprox.mu': must be >= 0, got -1``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 MODELS = ("mlp", "2nn")
+ATTACKS = ("none", "label-flip", "sign-flip", "gaussian-noise", "scale")
 DATASETS = ("mnist", "fashion-mnist")
 PARTITIONERS = ("iid", "dirichlet", "shards")
+
+
+KeyName = Callable[[str], str]  # a group's field name -> its dotted run-config key
 
 
 class ConfigError(ValueError):
@@ -26,6 +35,168 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"run config '{key}': {message}")
         self.key = key
+
+
+# --------------------------------------------------------------------- per-algorithm
+@dataclass(frozen=True)
+class FedProxConfig:
+    """FedProx (Li et al. 2020): weight of the proximal term (mu/2)||w - w_t||^2."""
+
+    mu: float = 0.01
+
+    def validate(self, key: KeyName) -> None:
+        _non_negative(key("mu"), self.mu)
+
+
+@dataclass(frozen=True)
+class FedAvgMConfig:
+    """FedAvgM (Hsu et al. 2019): server SGD with momentum on the averaged update."""
+
+    server_learning_rate: float = 1.0
+    momentum: float = 0.9
+
+    def validate(self, key: KeyName) -> None:
+        _positive(key("server-learning-rate"), self.server_learning_rate)
+        _unit_interval(key("momentum"), self.momentum)
+
+
+@dataclass(frozen=True)
+class FedOptConfig:
+    """FedAdam, FedYogi, FedAdagrad (Reddi et al. 2021): the server optimizer."""
+
+    eta: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 0.001
+
+    def validate(self, key: KeyName) -> None:
+        _positive(key("eta"), self.eta)
+        _unit_interval(key("beta1"), self.beta1)
+        _unit_interval(key("beta2"), self.beta2)
+        _positive(key("tau"), self.tau)
+
+
+@dataclass(frozen=True)
+class ScaffoldConfig:
+    """SCAFFOLD (Karimireddy et al. 2020): the global step size eta_g."""
+
+    server_learning_rate: float = 1.0
+
+    def validate(self, key: KeyName) -> None:
+        _positive(key("server-learning-rate"), self.server_learning_rate)
+
+
+@dataclass(frozen=True)
+class KrumConfig:
+    """Krum / Multi-Krum (Blanchard et al. 2017)."""
+
+    num_malicious: int = 2  # f, the attackers the score tolerates
+    num_to_keep: int = 0  # m; 0: Krum keeps 1, Multi-Krum keeps n - f
+
+    def validate(self, key: KeyName) -> None:
+        _non_negative(key("num-malicious"), self.num_malicious)
+        _non_negative(key("num-to-keep"), self.num_to_keep)
+
+
+@dataclass(frozen=True)
+class TrimmedMeanConfig:
+    """Coordinate-wise trimmed mean (Yin et al. 2018): share cut at each end."""
+
+    beta: float = 0.2
+
+    def validate(self, key: KeyName) -> None:
+        if not 0 <= self.beta < 0.5:
+            raise ConfigError(key("beta"), f"must be in [0, 0.5), got {self.beta}")
+
+
+@dataclass(frozen=True)
+class CenteredClippingConfig:
+    """Centered clipping (Karimireddy, He & Jaggi 2021): radius and iterations."""
+
+    tau: float = 1.0
+    iterations: int = 1
+
+    def validate(self, key: KeyName) -> None:
+        _positive(key("tau"), self.tau)
+        _positive_int(key("iterations"), self.iterations)
+
+
+@dataclass(frozen=True)
+class DpConfig:
+    """Central DP (DP-FedAvg, McMahan et al. 2018); off while clip-norm is 0."""
+
+    clip_norm: float = 0.0
+    noise_multiplier: float = 1.0
+    delta: float = 1e-5
+    max_epsilon: float = 0.0  # 0: no budget, the run spends what it spends
+    # -1: noise from OS entropy. A seed >= 0 makes DP runs repeat, for studies only:
+    # whoever knows it can regenerate the noise and subtract it.
+    noise_seed: int = -1
+
+    @property
+    def enabled(self) -> bool:
+        return self.clip_norm > 0
+
+    def validate(self, key: KeyName) -> None:
+        _non_negative(key("clip-norm"), self.clip_norm)
+        if self.enabled:
+            _positive(key("noise-multiplier"), self.noise_multiplier)
+        if not 0 < self.delta < 1:
+            raise ConfigError(key("delta"), f"must be in (0, 1), got {self.delta}")
+        _non_negative(key("max-epsilon"), self.max_epsilon)
+        if self.noise_seed < -1:
+            raise ConfigError(
+                key("noise-seed"),
+                f"must be -1 (OS entropy) or a seed >= 0, got {self.noise_seed}",
+            )
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Simulated misbehaving clients, for the robustness studies."""
+
+    kind: str = "none"
+    fraction: float = 0.2  # share of partitions that attack, drawn from the seed
+    factor: float = 10.0  # sign-flip sends -factor * update, scale +factor * update
+    sigma: float = 1.0  # gaussian-noise sends N(0, sigma^2) in place of the update
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind != "none" and self.fraction > 0
+
+    def validate(self, key: KeyName) -> None:
+        _one_of(key("kind"), self.kind, ATTACKS)
+        _fraction(key("fraction"), self.fraction, allow_zero=True)
+        _positive(key("factor"), self.factor)
+        _positive(key("sigma"), self.sigma)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """What the server accepts from a client before any aggregation."""
+
+    max_num_examples: int = 60_000  # n_k above this is rejected
+    max_update_norm: float = 1000.0  # ||w_k - w_t|| above this is rejected; 0: off
+
+    def validate(self, key: KeyName) -> None:
+        _positive_int(key("max-num-examples"), self.max_num_examples)
+        _non_negative(key("max-update-norm"), self.max_update_norm)
+
+
+# Table name in pyproject.toml -> its dataclass; the RunConfig field is the name with
+# "-" as "_".
+GROUPS: dict[str, type] = {
+    "fedprox": FedProxConfig,
+    "fedavgm": FedAvgMConfig,
+    "fedopt": FedOptConfig,
+    "scaffold": ScaffoldConfig,
+    "krum": KrumConfig,
+    "trimmed-mean": TrimmedMeanConfig,
+    "centered-clipping": CenteredClippingConfig,
+    "dp": DpConfig,
+    "attack": AttackConfig,
+    "validation": ValidationConfig,
+}
 
 
 @dataclass(frozen=True)
@@ -51,6 +222,18 @@ class RunConfig:
     seed: int = 42
     strategy: str = "fedavg"
     output_dir: str = "outputs"
+    fedprox: FedProxConfig = field(default_factory=FedProxConfig)
+    fedavgm: FedAvgMConfig = field(default_factory=FedAvgMConfig)
+    fedopt: FedOptConfig = field(default_factory=FedOptConfig)
+    scaffold: ScaffoldConfig = field(default_factory=ScaffoldConfig)
+    krum: KrumConfig = field(default_factory=KrumConfig)
+    trimmed_mean: TrimmedMeanConfig = field(default_factory=TrimmedMeanConfig)
+    centered_clipping: CenteredClippingConfig = field(
+        default_factory=CenteredClippingConfig
+    )
+    dp: DpConfig = field(default_factory=DpConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
@@ -59,16 +242,37 @@ class RunConfig:
         Flower already refuses ``--run-config`` keys that pyproject.toml lacks; a key
         here that RunConfig lacks means the two drifted apart, and is an error too.
         """
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
+        flat: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
         for key, raw in run_config.items():
-            name = key.replace("-", "_")
-            if name not in fields:
-                raise ConfigError(key, "unknown key (not a field of RunConfig)")
-            values[name] = _coerce(key, raw, fields[name].type)
+            group, dot, _ = key.partition(".")
+            if dot and group in GROUPS:
+                nested[group][key] = raw
+            elif dot:
+                raise ConfigError(key, f"unknown table {group!r}")
+            else:
+                flat[key] = raw
+        values = _parse(cls, flat, prefix="")
+        for group, raws in nested.items():
+            kind = GROUPS[group]
+            values[group.replace("-", "_")] = kind(
+                **_parse(kind, raws, prefix=f"{group}.")
+            )
         config = cls(**values)
         config.validate()
         return config
+
+    def to_flower(self) -> dict[str, Any]:
+        """The flat, hyphenated mapping Flower would pass (``fedprox.mu`` etc.)."""
+        flat: dict[str, Any] = {}
+        for name, value in dataclasses.asdict(self).items():
+            key = name.replace("_", "-")
+            if isinstance(value, dict):
+                for sub, sub_value in value.items():
+                    flat[f"{key}.{sub.replace('_', '-')}"] = sub_value
+            else:
+                flat[key] = value
+        return flat
 
     def replace(self, **changes: Any) -> RunConfig:
         """A validated copy with some fields changed (for tests and scripts)."""
@@ -78,9 +282,9 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad key."""
-        for field in dataclasses.fields(self):
-            if field.type != "str":
-                _finite_number(field.name.replace("_", "-"), getattr(self, field.name))
+        for item in dataclasses.fields(self):
+            if item.type in ("int", "float"):
+                _finite_number(item.name.replace("_", "-"), getattr(self, item.name))
         _positive_int("num-server-rounds", self.num_server_rounds)
         _fraction("fraction-fit", self.fraction_fit, allow_zero=False)
         _fraction("fraction-evaluate", self.fraction_evaluate, allow_zero=True)
@@ -134,6 +338,30 @@ class RunConfig:
         from strategies import STRATEGIES
 
         _one_of("strategy", self.strategy, tuple(STRATEGIES))
+        for group in GROUPS:
+            section = getattr(self, group.replace("-", "_"))
+            for item in dataclasses.fields(section):
+                if item.type in ("int", "float"):
+                    _finite_number(
+                        f"{group}.{item.name.replace('_', '-')}",
+                        getattr(section, item.name),
+                    )
+            section.validate(lambda name, group=group: f"{group}.{name}")
+        STRATEGIES[self.strategy].check_config(self)
+
+
+def _parse(kind: type, raws: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """Field values of dataclass ``kind`` from hyphenated keys (``prefix`` + name)."""
+    fields = {
+        f.name: f for f in dataclasses.fields(kind) if f.type in ("int", "float", "str")
+    }
+    values: dict[str, Any] = {}
+    for key, raw in raws.items():
+        name = key.removeprefix(prefix).replace("-", "_")
+        if name not in fields:
+            raise ConfigError(key, f"unknown key (not a field of {kind.__name__})")
+        values[name] = _coerce(key, raw, fields[name].type)
+    return values
 
 
 def _coerce(key: str, raw: Any, type_name: Any) -> Any:
@@ -161,6 +389,16 @@ def _finite_number(key: str, value: Any) -> None:
 def _positive_int(key: str, value: int) -> None:
     if value < 1:
         raise ConfigError(key, f"must be >= 1, got {value}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(key, f"must be > 0, got {value}")
+
+
+def _unit_interval(key: str, value: float) -> None:
+    if not 0 <= value < 1:
+        raise ConfigError(key, f"must be in [0, 1), got {value}")
 
 
 def _non_negative(key: str, value: float) -> None:

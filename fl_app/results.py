@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 HISTORY_JSON = "history.json"
+SUMMARY_FILE = "summary.json"
 HISTORY_CSV = "history.csv"
 MODEL_FILE = "model.pt"
 PLOT_FILE = "history.png"
@@ -44,10 +45,17 @@ class RoundRecord:
     elapsed_seconds: float = 0.0
     federated_loss: float = math.nan
     federated_accuracy: float = math.nan
+    clients_rejected: int = 0
+    # Replies refused by validation, by reason: a column ``rejected_<reason>`` each.
+    rejected: dict[str, int] = field(default_factory=dict)
+    attackers_sampled: int = 0  # simulated attackers among the sampled (studies)
+    epsilon: float = math.nan  # DP budget spent so far, at dp.delta
+    model_updated: bool = True  # False: too few valid replies, previous model kept
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)
+        row.update({f"rejected_{k}": v for k, v in row.pop("rejected").items()})
         row.update(row.pop("extra"))
         return row
 

@@ -4,9 +4,15 @@ No Flower imports, so the client, the server's central evaluation and a single-p
 reference loop all run the very same code. Batches are drawn by indexing the tensors
 with a seeded ``torch.Generator`` rather than through a DataLoader: the same seed gives
 the same batches, and no per-sample Python work sits in the loop.
+
+Algorithms that change local training (FedProx's proximal term, SCAFFOLD's gradient
+correction) plug in as a ``LocalObjective`` rather than growing a loop of their own.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +23,24 @@ from fl_app.data import Split
 EVAL_BATCH = 10_000
 
 
+class LocalObjective(Protocol):
+    """An algorithm's change to local SGD: a loss term and/or a gradient correction."""
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """A term added to each minibatch's loss (None: nothing to add)."""
+
+    def correct_gradients(self, model: nn.Module) -> None:
+        """Adjust ``p.grad`` in place after backward, before the SGD step."""
+
+
+def local_steps(num_examples: int, epochs: int, batch_size: int) -> int:
+    """K, the SGD steps ``train`` takes (SCAFFOLD divides by it)."""
+    if num_examples == 0:
+        return 0
+    batch = num_examples if batch_size <= 0 else batch_size
+    return epochs * math.ceil(num_examples / batch)
+
+
 def train(
     model: nn.Module,
     data: Split,
@@ -25,10 +49,13 @@ def train(
     batch_size: int,
     lr: float,
     generator: torch.Generator,
+    objective: LocalObjective | None = None,
 ) -> float:
     """Run ``epochs`` of minibatch SGD (McMahan's ClientUpdate); return mean loss.
 
     ``batch_size`` 0 means the whole local dataset per step (the paper's B = inf).
+    The reported loss is the data's cross-entropy, without ``objective``'s term, so
+    that losses compare across algorithms.
     """
     if len(data) == 0:
         return float("nan")
@@ -42,7 +69,10 @@ def train(
             index = order[start : start + batch]
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(data.x[index]), data.y[index])
-            loss.backward()
+            extra = objective.extra_loss(model) if objective is not None else None
+            (loss if extra is None else loss + extra).backward()
+            if objective is not None:
+                objective.correct_gradients(model)
             optimizer.step()
             total += loss.item() * len(index)
             count += len(index)

@@ -1,60 +1,87 @@
 """The project's base strategy: Flower's FedAvg plus what every strategy here shares.
 
-Aggregation itself is Flower's ``FedAvg.aggregate_fit`` (``Σ n_k w_k / Σ n_k``); this
-class adds what a run needs around it:
+Each round runs one pipeline, the same for every strategy:
 
-* seeded client sampling by partition id (Flower samples with the unseeded ``random``
-  module, and node ids are random in every run, so neither is reproducible);
-* results sorted by partition id before aggregation, so float sums do not depend on
-  the order in which replies arrived;
-* central evaluation of the global model on the test set after every round;
-* a history row per round (accuracy, losses, clients, bytes, time) on disk before the
-  next round starts, the global model as a ``state_dict`` and a plot;
-* one progress line per round.
+1. **sample** (``configure_fit``): Flower's own ``configure_fit`` (and that of the
+   Flower strategy a subclass mixes in, e.g. ``FedProx`` adding ``proximal_mu``)
+   runs unchanged, but draws its clients through a seeded view of the client manager:
+   a draw over partition ids from ``(seed, round)``, since Flower samples with the
+   unseeded ``random`` module and node ids are random in every run;
+2. **order** replies by partition id, so float sums do not depend on arrival order;
+3. **validate** each reply (``strategies.validation``): a malformed one is dropped
+   with its reason and counted, never aggregated;
+4. **privatize** when central DP is on (``fl_app.privacy``): clip, uniform weights,
+   Gaussian noise;
+5. **aggregate**: ``aggregate`` turns each update back into weights ``w_t + delta_k``
+   and hands them to the rule next in the MRO: Flower's ``FedAvg`` here,
+   ``FedAdam``/``Krum``/... in a subclass that mixes that Flower class in. This is
+   the one step an algorithm overrides;
+6. **record**: the round's ``RoundRecord`` (filled in by the steps above) gets the
+   central test accuracy and goes to disk, with the model and the plot, before the
+   next round starts.
 
-Subclasses change one thing each: ``fit_config`` for what clients are told,
-``aggregate_fit`` for the aggregation rule.
+Clients send updates ``w_k - w_t``, not weights: validation bounds, DP clipping and
+(later) compression all act on the same object.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from logging import INFO, WARNING
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.common import (
+    Code,
     EvaluateIns,
     EvaluateRes,
     FitIns,
     FitRes,
     GetPropertiesIns,
+    NDArrays,
     Parameters,
     Scalar,
+    Status,
     log,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
+from flwr.server.criterion import Criterion
 from flwr.server.strategy import FedAvg as FlowerFedAvg
 
 from fl_app import results as outputs
-from fl_app.config import RunConfig
+from fl_app.attacks import attacking_partitions
+from fl_app.config import ConfigError, RunConfig
 from fl_app.data import load_split
 from fl_app.model import build_model, get_weights, set_weights
+from fl_app.privacy import PrivacyLedger, privatize
 from fl_app.training import evaluate
+from strategies.validation import REASONS, Layout, Rejected, checked_arrays
 
-# Salts that keep the fit and evaluate samples of one round independent.
-_FIT, _EVALUATE = 0, 1
+# Salts that keep the seeded draws of one round independent.
+_FIT, _EVALUATE, _DP_NOISE = 0, 1, 2
 
 
 class NotEnoughClientsError(RuntimeError):
     """Fewer clients connected than the run needs, within the configured wait."""
+
+
+@dataclass
+class ClientUpdate:
+    """One valid reply: the model update, what the algorithm sent after it, n_k."""
+
+    client: ClientProxy
+    partition: int
+    num_examples: int
+    delta: NDArrays
+    extras: NDArrays
+    metrics: dict[str, Scalar]
 
 
 def parameters_nbytes(parameters: Parameters) -> int:
@@ -78,36 +105,62 @@ def weighted_metrics(metrics: list[tuple[int, dict[str, Scalar]]]) -> dict[str, 
 
 
 class BaseStrategy(FlowerFedAvg):
-    """Flower's FedAvg, seeded, evaluated centrally, with its history on disk."""
+    """Flower's FedAvg, seeded, validated, evaluated centrally, history on disk.
 
-    def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
+    ``**flower_kwargs`` go to the constructor of the Flower strategy a subclass mixes
+    in (``Krum``'s ``num_malicious_clients``, ``FedAdam``'s ``eta``, ...).
+    """
+
+    #: Why central DP cannot wrap this strategy (None: it averages, so it can).
+    dp_conflict: ClassVar[str | None] = None
+
+    def __init__(
+        self, config: RunConfig, run_dir: Path | None = None, **flower_kwargs: Any
+    ) -> None:
         self.config = config
         self.run_dir = run_dir
         self.model = build_model(config.model, seed=config.seed)
+        self.global_weights: NDArrays = get_weights(self.model)
         super().__init__(
             fraction_fit=config.fraction_fit,
             fraction_evaluate=config.fraction_evaluate,
             min_fit_clients=config.min_fit_clients,
             min_evaluate_clients=config.min_fit_clients,
             min_available_clients=config.min_available_clients,
-            initial_parameters=ndarrays_to_parameters(get_weights(self.model)),
+            initial_parameters=ndarrays_to_parameters(self.global_weights),
+            on_fit_config_fn=self.fit_config,
+            on_evaluate_config_fn=lambda server_round: {"server-round": server_round},
             accept_failures=True,
             fit_metrics_aggregation_fn=weighted_metrics,
             evaluate_metrics_aggregation_fn=weighted_metrics,
+            **flower_kwargs,
         )
         self.test_data = load_split(config.dataset, config.data_dir, "test")
         self.history: list[outputs.RoundRecord] = []
+        self.privacy = PrivacyLedger(config.dp) if config.dp.enabled else None
+        self.stop_reason: str | None = None
         self._partition_of: dict[str, int] = {}
-        self._pending: dict[str, float | int] = {}
-        self._started = time.monotonic()
-        self._round_started = self._started
+        self._num_partitions = 0
+        self._round = _new_record(0)
+        self._population = 0  # clients the current round was drawn from
+        self._started = self._round_started = time.monotonic()
         if run_dir is not None:
             outputs.write_json(run_dir / outputs.CONFIG_FILE, asdict(config))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(C={self.fraction_fit}, seed={self.config.seed})"
 
-    # ----------------------------------------------------------------- what clients see
+    @classmethod
+    def check_config(cls, config: RunConfig) -> None:
+        """Refuse, naming the key, a config this strategy cannot honour."""
+        if config.dp.enabled and cls.dp_conflict is not None:
+            raise ConfigError(
+                "dp.clip-norm",
+                f"central DP cannot wrap strategy {config.strategy!r}: "
+                f"{cls.dp_conflict}",
+            )
+
+    # ------------------------------------------------------------- what clients see
     def fit_config(self, server_round: int) -> dict[str, Scalar]:
         """The instructions sent with the weights; override to change local training."""
         return {
@@ -118,40 +171,69 @@ class BaseStrategy(FlowerFedAvg):
             "seed": self.config.seed,
         }
 
+    def fit_parameters(self, parameters: Parameters) -> Parameters:
+        """What is sent down for training: the global weights, plus whatever an
+        algorithm appends (SCAFFOLD's control variate)."""
+        return parameters
+
+    def expected_layout(self) -> Layout:
+        """What a valid reply holds: the model update, plus an algorithm's extras."""
+        return Layout.of(self.global_weights)
+
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
+        """Flower's configure_fit, with the seeded draw and the round's record."""
+        self._round = _new_record(server_round)
         self._round_started = time.monotonic()
-        clients = self.sample_clients(
-            client_manager, server_round, self.num_fit_clients, _FIT
+        if self.stop_reason is not None:
+            return []
+        self.global_weights = parameters_to_ndarrays(parameters)
+        sampler = _SeededDraw(self, client_manager, server_round, _FIT)
+        instructions = super().configure_fit(
+            server_round, self.fit_parameters(parameters), sampler
         )
-        fit_ins = FitIns(parameters, self.fit_config(server_round))
-        self._pending = {
-            "clients_sampled": len(clients),
-            "bytes_sent": parameters_nbytes(parameters) * len(clients),
-        }
-        return [(client, fit_ins) for client in clients]
+        if self.privacy is not None and self._over_budget(len(instructions)):
+            return []
+        attackers = self._attackers()
+        self._round.clients_sampled = len(instructions)
+        self._round.attackers_sampled = sum(
+            self.partition_of(client) in attackers for client, _ in instructions
+        )
+        self._round.bytes_sent = sum(
+            parameters_nbytes(ins.parameters) for _, ins in instructions
+        )
+        return instructions
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
-        if self.fraction_evaluate == 0.0:
+        if self.stop_reason is not None:
             return []
-        clients = self.sample_clients(
-            client_manager, server_round, self.num_evaluation_clients, _EVALUATE
-        )
-        evaluate_ins = EvaluateIns(parameters, {"server-round": server_round})
-        return [(client, evaluate_ins) for client in clients]
+        sampler = _SeededDraw(self, client_manager, server_round, _EVALUATE)
+        return super().configure_evaluate(server_round, parameters, sampler)
 
-    # ----------------------------------------------------------------- seeded sampling
+    # ------------------------------------------------------------- seeded sampling
     def sample_clients(
         self,
         client_manager: ClientManager,
         server_round: int,
-        how_many: Callable[[int], tuple[int, int]],
+        num_clients: int,
         salt: int,
     ) -> list[ClientProxy]:
         """Choose clients reproducibly: a seeded draw over clients by partition."""
+        known = self.known_clients(client_manager, server_round)
+        if salt == _FIT:
+            self._population = len(known)  # K of the DP accountant's m of K
+        rng = np.random.default_rng([self.config.seed, server_round, salt])
+        size = min(num_clients, len(known))
+        chosen = np.sort(rng.choice(len(known), size=size, replace=False))
+        return [known[i] for i in chosen]
+
+    def known_clients(
+        self, client_manager: ClientManager, server_round: int
+    ) -> list[ClientProxy]:
+        """Connected clients whose partition is known, in partition order."""
         needed = self.min_available_clients
         timeout = self.config.min_available_timeout
         if not client_manager.wait_for(needed, timeout=math.ceil(timeout)):
@@ -165,11 +247,7 @@ class BaseStrategy(FlowerFedAvg):
         self._learn_partitions(available, server_round)
         known = [c for cid, c in available.items() if cid in self._partition_of]
         known.sort(key=lambda client: self._partition_of[client.cid])
-        sample_size, _ = how_many(len(known))
-        sample_size = min(sample_size, len(known))
-        rng = np.random.default_rng([self.config.seed, server_round, salt])
-        chosen = np.sort(rng.choice(len(known), size=sample_size, replace=False))
-        return [known[i] for i in chosen]
+        return known
 
     def _learn_partitions(
         self, available: dict[str, ClientProxy], server_round: int
@@ -180,12 +258,17 @@ class BaseStrategy(FlowerFedAvg):
             return
         timeout = self.config.round_timeout or None
 
-        def ask(client: ClientProxy) -> tuple[str, int | None]:
+        def ask(client: ClientProxy) -> tuple[str, int | None, int]:
             try:
                 res = client.get_properties(
                     GetPropertiesIns({}), timeout=timeout, group_id=server_round
                 )
-                return client.cid, int(res.properties["partition-id"])
+                properties = res.properties
+                return (
+                    client.cid,
+                    int(properties["partition-id"]),
+                    int(properties.get("num-partitions", 0)),
+                )
             except Exception as error:
                 log(
                     WARNING,
@@ -193,25 +276,36 @@ class BaseStrategy(FlowerFedAvg):
                     client.cid,
                     error,
                 )
-                return client.cid, None
+                return client.cid, None, 0
 
         with ThreadPoolExecutor(max_workers=min(32, len(new))) as pool:
-            for cid, partition in pool.map(ask, new):
+            for cid, partition, num_partitions in pool.map(ask, new):
                 if partition is not None:
                     self._partition_of[cid] = partition
+                    self._num_partitions = max(self._num_partitions, num_partitions)
 
     def partition_of(self, client: ClientProxy) -> int:
         return self._partition_of.get(client.cid, -1)
 
-    # ----------------------------------------------------------------- aggregation
+    def _attackers(self) -> frozenset[int]:
+        """The simulated attackers, for the history's count only: the rules never
+        see it (the clients work out their role from the run config themselves)."""
+        attack = self.config.attack
+        if not attack.enabled or self._num_partitions == 0:
+            return frozenset()
+        return attacking_partitions(
+            self.config.seed, self._num_partitions, attack.fraction
+        )
+
+    # ------------------------------------------------------------- the pipeline
     def aggregate_fit(
         self,
         server_round: int,
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        """Record the round's replies, then aggregate them in partition order."""
-        ordered = sorted(results, key=lambda pair: self.partition_of(pair[0]))
+        """Order, validate, privatize, aggregate, record (see the module docstring)."""
+        record = self._round
         for failure in failures:
             log(
                 WARNING,
@@ -219,45 +313,158 @@ class BaseStrategy(FlowerFedAvg):
                 server_round,
                 _describe(failure),
             )
-        if len(ordered) >= self.min_fit_clients:
-            parameters, metrics = super().aggregate_fit(server_round, ordered, failures)
+        ordered = sorted(results, key=lambda pair: self.partition_of(pair[0]))
+        updates = self.validate(server_round, ordered)
+        if self.privacy is not None:
+            updates = self._privatize(server_round, updates)
+        metrics = weighted_metrics([(u.num_examples, u.metrics) for u in updates])
+        new_weights = None
+        if len(updates) >= self.min_fit_clients:
+            new_weights = self.aggregate(server_round, updates)
+            if new_weights is not None and not _all_finite(new_weights):
+                log(WARNING, "round %s: the aggregate is not finite", server_round)
+                new_weights = None
         else:
             log(
                 WARNING,
-                "round %s: %s replies < min-fit-clients=%s; model unchanged",
+                "round %s: %s valid replies < min-fit-clients=%s",
                 server_round,
-                len(ordered),
+                len(updates),
                 self.min_fit_clients,
             )
-            parameters = None
-            metrics = weighted_metrics(
-                [(res.num_examples, res.metrics) for _, res in ordered]
-            )
-        self._pending.update(
-            clients_succeeded=len(ordered),
-            clients_failed=len(failures),
-            bytes_received=sum(parameters_nbytes(res.parameters) for _, res in ordered),
-            train_loss=float(metrics.get("train_loss", math.nan)),
-        )
-        return parameters, metrics
+        if new_weights is None:
+            log(WARNING, "round %s: the global model stays unchanged", server_round)
+        elif self.privacy is not None:
+            self.privacy.record(self._population, record.clients_sampled)
+        record.clients_succeeded = len(results)
+        record.clients_failed = len(failures)
+        record.clients_rejected = len(results) - len(updates)
+        record.bytes_received = sum(parameters_nbytes(r.parameters) for _, r in results)
+        record.train_loss = float(metrics.get("train_loss", math.nan))
+        record.model_updated = new_weights is not None
+        if self.privacy is not None:
+            record.epsilon = self.privacy.epsilon()
+        if new_weights is None:
+            return None, metrics
+        return ndarrays_to_parameters(new_weights), metrics
 
-    # ----------------------------------------------------------------- evaluation
+    def validate(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]]
+    ) -> list[ClientUpdate]:
+        """The replies that pass ``checked_arrays``; each rejection logged, counted."""
+        layout = self.expected_layout()
+        num_model = len(self.global_weights)
+        bounds = self.config.validation
+        updates = []
+        for client, res in results:
+            try:
+                arrays = checked_arrays(
+                    res,
+                    layout,
+                    num_update_arrays=num_model,
+                    max_num_examples=bounds.max_num_examples,
+                    max_update_norm=bounds.max_update_norm,
+                )
+            except Rejected as rejection:
+                log(
+                    WARNING,
+                    "round %s: rejected the reply of node %s (partition %s): %s",
+                    server_round,
+                    client.cid,
+                    self.partition_of(client),
+                    rejection,
+                )
+                self._round.rejected[rejection.reason] += 1
+                continue
+            updates.append(
+                ClientUpdate(
+                    client=client,
+                    partition=self.partition_of(client),
+                    num_examples=res.num_examples,
+                    delta=arrays[:num_model],
+                    extras=arrays[num_model:],
+                    metrics=res.metrics,
+                )
+            )
+        return updates
+
+    def aggregate(
+        self, server_round: int, updates: list[ClientUpdate]
+    ) -> NDArrays | None:
+        """The aggregation rule: the next one in the MRO, on weights ``w_t + delta_k``.
+
+        Override this (not ``aggregate_fit``) for a rule of your own; return the new
+        global weights, or None to keep the current model.
+        """
+        results = [
+            (
+                update.client,
+                FitRes(
+                    Status(Code.OK, ""),
+                    ndarrays_to_parameters(self.weights_after(update.delta)),
+                    update.num_examples,
+                    {},
+                ),
+            )
+            for update in updates
+        ]
+        parameters, _ = super().aggregate_fit(server_round, results, [])
+        return None if parameters is None else parameters_to_ndarrays(parameters)
+
+    def weights_after(self, delta: NDArrays) -> NDArrays:
+        """``w_t + delta``: the weights a client's update leads to."""
+        return [w + d for w, d in zip(self.global_weights, delta, strict=True)]
+
+    # ------------------------------------------------------------- privacy
+    def _privatize(
+        self, server_round: int, updates: list[ClientUpdate]
+    ) -> list[ClientUpdate]:
+        seed = self.config.dp.noise_seed
+        rng = np.random.default_rng(
+            None if seed < 0 else [seed, server_round, _DP_NOISE]
+        )
+        noised = privatize([u.delta for u in updates], self.config.dp, rng)
+        for update, delta in zip(updates, noised, strict=True):
+            update.delta = delta
+            update.num_examples = 1  # uniform weights: one client, one vote
+        return updates
+
+    def _over_budget(self, sample_size: int) -> bool:
+        """Stop, with the reason, before a round would overspend ``dp.max-epsilon``."""
+        budget = self.config.dp.max_epsilon
+        assert self.privacy is not None
+        if budget <= 0 or sample_size == 0:
+            return False
+        after = self.privacy.epsilon((self._population, sample_size))
+        if after <= budget:
+            return False
+        self.stop_reason = (
+            f"privacy budget: round {self._round.round} would bring epsilon to "
+            f"{after:.3f} > dp.max-epsilon = {budget:g} (delta = "
+            f"{self.config.dp.delta:g}); the model of round {self._round.round - 1} "
+            "is final"
+        )
+        log(WARNING, "stopping: %s", self.stop_reason)
+        self._write_summary()
+        return True
+
+    # ------------------------------------------------------------- evaluation
     def evaluate(
         self, server_round: int, parameters: Parameters
     ) -> tuple[float, dict[str, Scalar]] | None:
         """Evaluate the global model on the test set and write the round's row."""
-        set_weights(self.model, parameters_to_ndarrays(parameters))
+        if server_round > 0 and self.stop_reason is not None:
+            return None
+        self.global_weights = parameters_to_ndarrays(parameters)
+        set_weights(self.model, self.global_weights)
         loss, accuracy = evaluate(self.model, self.test_data)
         now = time.monotonic()
-        pending, self._pending = self._pending, {}
-        record = outputs.RoundRecord(
-            round=server_round,
-            test_loss=loss,
-            test_accuracy=accuracy,
-            round_seconds=now - self._round_started if server_round else 0.0,
-            elapsed_seconds=now - self._started,
-            **pending,  # type: ignore[arg-type]
-        )
+        record = self._round
+        record.test_loss, record.test_accuracy = loss, accuracy
+        record.round_seconds = now - self._round_started if server_round else 0.0
+        record.elapsed_seconds = now - self._started
+        if self.privacy is not None and server_round == 0:
+            record.epsilon = 0.0
         self.history.append(record)
         self._save()
         self._log_progress(record)
@@ -280,7 +487,7 @@ class BaseStrategy(FlowerFedAvg):
             self._save(with_model=False)
         return loss, metrics
 
-    # ----------------------------------------------------------------- output
+    # ------------------------------------------------------------- output
     def _save(self, with_model: bool = True) -> None:
         if self.run_dir is None:
             return
@@ -293,6 +500,26 @@ class BaseStrategy(FlowerFedAvg):
             f" E={self.config.local_epochs} B={self.config.batch_size or '∞'}"
         )
         outputs.plot_history(self.run_dir, self.history, title)
+        self._write_summary()
+
+    def _write_summary(self) -> None:
+        """``summary.json``: final and best accuracy, epsilon, why the run stopped."""
+        if self.run_dir is None or not self.history:
+            return
+        last = self.history[-1]
+        best = max(self.history, key=lambda r: r.test_accuracy)
+        outputs.write_json(
+            self.run_dir / outputs.SUMMARY_FILE,
+            {
+                "strategy": self.config.strategy,
+                "rounds_done": last.round,
+                "final_test_accuracy": last.test_accuracy,
+                "best_test_accuracy": best.test_accuracy,
+                "best_round": best.round,
+                "epsilon": None if math.isnan(last.epsilon) else last.epsilon,
+                "stop_reason": self.stop_reason,
+            },
+        )
 
     def _log_progress(self, record: outputs.RoundRecord) -> None:
         total = self.config.num_server_rounds
@@ -306,19 +533,21 @@ class BaseStrategy(FlowerFedAvg):
         else:
             per_round = record.elapsed_seconds / done if done else math.nan
         eta = per_round * (total - done)
-        clients = (
-            f" | clients {record.clients_succeeded}/{record.clients_sampled}"
-            if done
-            else ""
-        )
+        clients = ""
+        if done:
+            clients = f" | clients {record.clients_succeeded}/{record.clients_sampled}"
+            if record.clients_rejected:
+                clients += f" ({record.clients_rejected} rejected)"
+        privacy = f" | ε {record.epsilon:.2f}" if math.isfinite(record.epsilon) else ""
         log(
             INFO,
-            "round %d/%d | test acc %.2f%% | test loss %.4f%s | elapsed %s | ETA %s",
+            "round %d/%d | test acc %.2f%% | test loss %.4f%s%s | elapsed %s | ETA %s",
             done,
             total,
             100 * record.test_accuracy,
             record.test_loss,
             clients,
+            privacy,
             _clock(record.elapsed_seconds),
             _clock(eta),
         )
@@ -333,6 +562,62 @@ class BaseStrategy(FlowerFedAvg):
                 best.round,
                 self.run_dir,
             )
+
+
+class _SeededDraw(ClientManager):
+    """The client manager as Flower's ``configure_fit`` sees it: the real one, except
+    that ``sample`` is the strategy's seeded draw for this round."""
+
+    def __init__(
+        self,
+        strategy: BaseStrategy,
+        manager: ClientManager,
+        server_round: int,
+        salt: int,
+    ) -> None:
+        self.strategy = strategy
+        self.manager = manager
+        self.server_round = server_round
+        self.salt = salt
+
+    def num_available(self) -> int:
+        return len(self.strategy.known_clients(self.manager, self.server_round))
+
+    def sample(
+        self,
+        num_clients: int,
+        min_num_clients: int | None = None,
+        criterion: Criterion | None = None,
+    ) -> list[ClientProxy]:
+        return self.strategy.sample_clients(
+            self.manager, self.server_round, num_clients, self.salt
+        )
+
+    def register(self, client: ClientProxy) -> bool:
+        return self.manager.register(client)
+
+    def unregister(self, client: ClientProxy) -> None:
+        self.manager.unregister(client)
+
+    def all(self) -> dict[str, ClientProxy]:
+        return self.manager.all()
+
+    def wait_for(self, num_clients: int, timeout: int) -> bool:
+        return self.manager.wait_for(num_clients, timeout)
+
+
+def _new_record(server_round: int) -> outputs.RoundRecord:
+    """An empty row for a round, with a zero count for every rejection reason."""
+    return outputs.RoundRecord(
+        round=server_round,
+        test_loss=math.nan,
+        test_accuracy=math.nan,
+        rejected=dict.fromkeys(REASONS, 0),
+    )
+
+
+def _all_finite(arrays: NDArrays) -> bool:
+    return all(np.isfinite(a).all() for a in arrays)
 
 
 def _clock(seconds: float) -> str:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fl_app.runner import (
+    FlowerHome,
+    ManagedProcess,
+    free_port,
+    start_simulation_superlink,
+)
 from tests.synthetic import write_mnist_like
 
 
@@ -23,3 +30,19 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2,000 train / 500 test samples, gzipped IDX, 10 balanced classes."""
     return write_mnist_like(tmp_path_factory.mktemp("mnist_like"))
+
+
+@pytest.fixture(scope="session")
+def superlink(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[FlowerHome, ManagedProcess]]:
+    """One simulation SuperLink (connection "sim") for every integration test that
+    goes through ``flwr run``; stopped at the end of the session."""
+    home = FlowerHome(tmp_path_factory.mktemp("flwr_home"))
+    port = free_port()
+    home.add_connection("sim", f"127.0.0.1:{port}")
+    process = start_simulation_superlink(home, port, home.path / "logs")
+    try:
+        yield home, process
+    finally:
+        process.stop()

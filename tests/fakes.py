@@ -16,6 +16,7 @@ from flwr.common import (
     GetPropertiesIns,
     GetPropertiesRes,
     ReconnectIns,
+    Scalar,
     Status,
 )
 from flwr.server.client_proxy import ClientProxy
@@ -24,9 +25,16 @@ from flwr.server.client_proxy import ClientProxy
 class FakeNode(ClientProxy):
     """A connected node that answers get_properties with its partition id."""
 
-    def __init__(self, cid: str, partition_id: int = -1, fail: bool = False) -> None:
+    def __init__(
+        self,
+        cid: str,
+        partition_id: int = -1,
+        fail: bool = False,
+        num_partitions: int | None = None,
+    ) -> None:
         super().__init__(cid)
         self.partition_id = partition_id
+        self.num_partitions = num_partitions
         self.fail = fail
         self.property_calls = 0
         self._lock = threading.Lock()
@@ -38,10 +46,10 @@ class FakeNode(ClientProxy):
             self.property_calls += 1
         if self.fail:
             raise ConnectionError("node went away")
-        return GetPropertiesRes(
-            status=Status(Code.OK, ""),
-            properties={"partition-id": self.partition_id},
-        )
+        properties: dict[str, Scalar] = {"partition-id": self.partition_id}
+        if self.num_partitions is not None:
+            properties["num-partitions"] = self.num_partitions
+        return GetPropertiesRes(status=Status(Code.OK, ""), properties=properties)
 
     def get_parameters(
         self, ins: GetParametersIns, timeout: float | None, group_id: int | None

@@ -1,7 +1,8 @@
-"""FedAvg aggregation: the project's strategy computes w = Σ n_k w_k / Σ n_k (not an
-unweighted mean, not w_global - mean(w_k)), bit-identically whatever order replies
-arrive in, ignores but counts failures, keeps the model below min-fit-clients, and
-weights the clients' metrics by n_k (``weighted_metrics``)."""
+"""FedAvg aggregation: clients send updates w_k - w_t and the project's strategy
+computes w = Σ n_k w_k / Σ n_k (not an unweighted mean, not w_global - mean(w_k)),
+bit-identically whatever order replies arrive in, ignores but counts failures, keeps
+the model below min-fit-clients, and weights the clients' metrics by n_k
+(``weighted_metrics``)."""
 
 from __future__ import annotations
 
@@ -55,17 +56,27 @@ def make_results(
     seed: int = 0,
     losses: list[float] | None = None,
 ) -> tuple[Results, list[NDArrays]]:
-    """One FitRes per client with random float32 weights of the model's shapes."""
+    """One FitRes per client: random float32 weights w_k of the model's shapes, sent
+    as the update w_k - w_t; returns the replies and the w_k they lead to."""
     rng = np.random.default_rng(seed)
     shapes = get_weights(strategy.model)
+    global_weights = strategy.global_weights
     losses = losses or [float(rng.uniform(0.1, 3.0)) for _ in sizes]
     results: Results = []
     client_weights = []
     for k, (n_k, loss) in enumerate(zip(sizes, losses, strict=True)):
-        weights = random_weights(rng, shapes)
-        client_weights.append(weights)
+        delta = [
+            w - g
+            for w, g in zip(random_weights(rng, shapes), global_weights, strict=True)
+        ]
+        client_weights.append(
+            [
+                g.astype(np.float64) + d
+                for g, d in zip(global_weights, delta, strict=True)
+            ]
+        )
         metrics: dict[str, Scalar] = {"train_loss": loss, "partition_id": k}
-        res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), n_k, metrics)
+        res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(delta), n_k, metrics)
         results.append((FakeNode(f"node-{1000 - 7 * k}"), res))
     return results, client_weights
 

@@ -1,7 +1,7 @@
 """The ClientApp: FlowerClient.fit is seeded local SGD that lowers the loss on the
-client's own data and reports n_k; evaluate uses the held-out share; get_properties
-reports the partition; client_fn builds the right client from a Flower Context and
-explains a missing --node-config."""
+client's own data and sends its update w_k - w_t with n_k; evaluate uses the held-out
+share; get_properties reports the partition; client_fn builds the right client from a
+Flower Context (attack role included) and explains a missing --node-config."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from flwr.common import (
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
+from flwr.common.config import flatten_dict
 
 from fl_app.client_app import FlowerClient, client_fn
 from fl_app.config import ConfigError
@@ -80,6 +81,15 @@ def loss_of(weights: NDArrays, split: Split) -> float:
     return evaluate(model, split)[0]
 
 
+def fit_weights(
+    client: FlowerClient, weights: NDArrays, config: dict[str, Scalar]
+) -> tuple[NDArrays, int, dict[str, Scalar]]:
+    """``fit``, with the update it sends turned back into the trained weights."""
+    update, num_examples, metrics = client.fit(weights, config)
+    trained = [w + u for w, u in zip(weights, update, strict=True)]
+    return trained, num_examples, metrics
+
+
 def same(a: NDArrays, b: NDArrays) -> bool:
     return len(a) == len(b) and all(
         np.array_equal(x, y) for x, y in zip(a, b, strict=True)
@@ -87,13 +97,21 @@ def same(a: NDArrays, b: NDArrays) -> bool:
 
 
 # ------------------------------------------------------------------------ fit
-def test_fit_returns_weights_n_k_and_train_loss(
+def test_fit_returns_the_update_n_k_and_train_loss(
     client: FlowerClient, global_weights: NDArrays
 ) -> None:
-    weights, num_examples, metrics = client.fit(global_weights, dict(FIT_CONFIG))
+    update, num_examples, metrics = client.fit(global_weights, dict(FIT_CONFIG))
     assert num_examples == len(client.train_data) > 0
-    assert [w.shape for w in weights] == [w.shape for w in global_weights]
-    assert not same(weights, global_weights)
+    assert [u.shape for u in update] == [w.shape for w in global_weights]
+    assert all(u.dtype == np.float32 for u in update)
+    # An update is small next to the weights it changes, and is not the weights.
+    norm = np.sqrt(sum(float(np.sum(u.astype(np.float64) ** 2)) for u in update))
+    assert 0 < norm < 0.5 * np.sqrt(sum(float(np.sum(w**2)) for w in global_weights))
+    # w_t + update is what the client trained, up to float32 rounding of the sum.
+    for w, u, trained in zip(
+        global_weights, update, get_weights(client.model), strict=True
+    ):
+        np.testing.assert_allclose(w + u, trained, rtol=0, atol=1e-6)
     loss = metrics["train_loss"]
     assert isinstance(loss, float) and math.isfinite(loss) and loss > 0
     assert metrics["partition_id"] == PARTITION_ID
@@ -103,7 +121,7 @@ def test_fit_lowers_the_loss_on_the_local_data(
     client: FlowerClient, global_weights: NDArrays
 ) -> None:
     before = loss_of(global_weights, client.train_data)
-    weights, _, _ = client.fit(global_weights, dict(FIT_CONFIG))
+    weights, _, _ = fit_weights(client, global_weights, dict(FIT_CONFIG))
     after = loss_of(weights, client.train_data)
     assert after < 0.8 * before, (before, after)
 
@@ -112,33 +130,35 @@ def test_fit_starts_from_the_received_weights(
     client: FlowerClient, global_weights: NDArrays
 ) -> None:
     """The client's previous state must not leak into the next fit."""
-    first, _, _ = client.fit(global_weights, dict(FIT_CONFIG))
-    client.fit(get_weights(build_model("2nn", seed=99)), dict(FIT_CONFIG))
-    again, _, _ = client.fit(global_weights, dict(FIT_CONFIG))
+    first, _, _ = fit_weights(client, global_weights, dict(FIT_CONFIG))
+    fit_weights(client, get_weights(build_model("2nn", seed=99)), dict(FIT_CONFIG))
+    again, _, _ = fit_weights(client, global_weights, dict(FIT_CONFIG))
     assert same(first, again)
 
 
 def test_fit_is_seeded(
     data: tuple[Split, Split], client: FlowerClient, global_weights: NDArrays
 ) -> None:
-    first, _, _ = client.fit(global_weights, dict(FIT_CONFIG))
+    first, _, _ = fit_weights(client, global_weights, dict(FIT_CONFIG))
     twin = FlowerClient(build_model("2nn", seed=5), *data, PARTITION_ID)
-    again, _, _ = twin.fit(global_weights, dict(FIT_CONFIG))
-    other_seed, _, _ = client.fit(global_weights, {**FIT_CONFIG, "seed": 2})
-    other_round, _, _ = client.fit(global_weights, {**FIT_CONFIG, "server-round": 2})
+    again, _, _ = fit_weights(twin, global_weights, dict(FIT_CONFIG))
+    other_seed, _, _ = fit_weights(client, global_weights, {**FIT_CONFIG, "seed": 2})
+    other_round, _, _ = fit_weights(
+        client, global_weights, {**FIT_CONFIG, "server-round": 2}
+    )
     assert same(first, again)
     assert not same(first, other_seed)
     assert not same(first, other_round)
 
 
 def test_fit_follows_the_config(client: FlowerClient, global_weights: NDArrays) -> None:
-    base, _, _ = client.fit(global_weights, dict(FIT_CONFIG))
+    base, _, _ = fit_weights(client, global_weights, dict(FIT_CONFIG))
     for key, value in (
         ("learning-rate", 0.01),
         ("local-epochs", 1),
         ("batch-size", 20),
     ):
-        changed, _, _ = client.fit(global_weights, {**FIT_CONFIG, key: value})
+        changed, _, _ = fit_weights(client, global_weights, {**FIT_CONFIG, key: value})
         assert not same(base, changed), key
 
 
@@ -147,7 +167,7 @@ def test_batch_size_zero_is_one_full_batch_step_per_epoch(
 ) -> None:
     lr = 0.05
     config = {**FIT_CONFIG, "batch-size": 0, "local-epochs": 1, "learning-rate": lr}
-    weights, num_examples, metrics = client.fit(global_weights, config)
+    weights, num_examples, metrics = fit_weights(client, global_weights, config)
     assert num_examples == len(client.train_data)
     assert math.isfinite(float(metrics["train_loss"]))
 
@@ -171,7 +191,7 @@ def test_batch_size_zero_over_several_epochs_lowers_the_loss(
     client: FlowerClient, global_weights: NDArrays
 ) -> None:
     config = {**FIT_CONFIG, "batch-size": 0, "local-epochs": 5, "learning-rate": 0.1}
-    weights, _, _ = client.fit(global_weights, config)
+    weights, _, _ = fit_weights(client, global_weights, config)
     assert loss_of(weights, client.train_data) < loss_of(
         global_weights, client.train_data
     )
@@ -199,7 +219,7 @@ def test_evaluate_uses_the_received_weights_on_the_val_data(
     assert 0.0 <= float(metrics["accuracy"]) <= 1.0
     assert loss != pytest.approx(evaluate(model, client.train_data)[0])
 
-    trained, _, _ = client.fit(global_weights, dict(FIT_CONFIG))
+    trained, _, _ = fit_weights(client, global_weights, dict(FIT_CONFIG))
     trained_loss, _, _ = client.evaluate(trained, {})
     assert trained_loss != pytest.approx(loss)
 
@@ -209,7 +229,7 @@ def test_evaluate_uses_the_received_weights_on_the_val_data(
 def run_config(mnist_dir: Path) -> dict[str, Any]:
     """pyproject's run config (hyphenated keys), pointed at the synthetic data."""
     with PYPROJECT.open("rb") as handle:
-        table = tomllib.load(handle)["tool"]["flwr"]["app"]["config"]
+        table = flatten_dict(tomllib.load(handle)["tool"]["flwr"]["app"]["config"])
     return {**table, "data-dir": str(mnist_dir), "partitioner": "iid", "seed": 42}
 
 

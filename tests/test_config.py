@@ -1,5 +1,6 @@
-"""RunConfig: pyproject.toml's [tool.flwr.app.config] and the dataclass agree, and
-every bad value stops ``from_flower`` with a ConfigError naming the offending key."""
+"""RunConfig: pyproject.toml's [tool.flwr.app.config] and the dataclass agree (the
+per-algorithm tables as Flower flattens them, ``fedprox.mu``), and every bad value
+stops ``from_flower`` with a ConfigError naming the offending key."""
 
 from __future__ import annotations
 
@@ -10,21 +11,38 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flwr.common.config import flatten_dict
 
-from fl_app.config import ConfigError, RunConfig
+from fl_app.config import GROUPS, ConfigError, RunConfig
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 
 @pytest.fixture(scope="module")
 def app_config() -> dict[str, Any]:
-    """The ``[tool.flwr.app.config]`` table, i.e. what Flower passes as run_config."""
+    """The ``[tool.flwr.app.config]`` table flattened as Flower does, i.e. what
+    Flower passes as run_config."""
     with PYPROJECT.open("rb") as handle:
-        return dict(tomllib.load(handle)["tool"]["flwr"]["app"]["config"])
+        return flatten_dict(tomllib.load(handle)["tool"]["flwr"]["app"]["config"])
 
 
 def _field_defaults() -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    """Every knob's default, keyed like the run config (``fedprox.mu`` as
+    ``fedprox.mu``, flat fields with ``_``)."""
+    defaults: dict[str, Any] = {}
+    for item in dataclasses.fields(RunConfig):
+        if item.name.replace("_", "-") in GROUPS:
+            group = item.name.replace("_", "-")
+            for sub in dataclasses.fields(GROUPS[group]):
+                defaults[f"{group}.{sub.name}"] = sub.default
+        else:
+            defaults[item.name] = item.default
+    return defaults
+
+
+def _name(key: str) -> str:
+    group, dot, name = key.rpartition(".")
+    return f"{group}{dot}{name.replace('-', '_')}"
 
 
 def test_pyproject_table_parses_to_the_dataclass_defaults(
@@ -38,7 +56,7 @@ def test_every_pyproject_key_is_a_field_with_the_same_default(
 ) -> None:
     defaults = _field_defaults()
     for key, value in app_config.items():
-        name = key.replace("-", "_")
+        name = _name(key)
         assert name in defaults, f"pyproject key {key!r} has no RunConfig field"
         assert defaults[name] == value, (
             f"{key}: pyproject says {value!r}, RunConfig default is {defaults[name]!r}"
@@ -52,7 +70,7 @@ def test_every_pyproject_key_is_a_field_with_the_same_default(
 def test_every_field_is_settable_from_pyproject(app_config: dict[str, Any]) -> None:
     """Flower refuses --run-config keys missing from pyproject.toml, so a field
     without a pyproject key could never be changed for a run."""
-    keys = {key.replace("-", "_") for key in app_config}
+    keys = {_name(key) for key in app_config}
     assert set(_field_defaults()) <= keys
 
 
@@ -82,6 +100,27 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("min-available-timeout", -1.0),
     ("round-timeout", -1.0),
     ("output-dir", ""),
+    ("fedprox.mu", -0.01),
+    ("fedavgm.momentum", 1.0),
+    ("fedavgm.server-learning-rate", 0.0),
+    ("fedopt.eta", 0.0),
+    ("fedopt.beta1", 1.0),
+    ("fedopt.tau", -1.0),
+    ("scaffold.server-learning-rate", -1.0),
+    ("krum.num-malicious", -1),
+    ("krum.num-to-keep", 1.5),
+    ("trimmed-mean.beta", 0.5),
+    ("centered-clipping.tau", 0.0),
+    ("centered-clipping.iterations", 0),
+    ("dp.clip-norm", -1.0),
+    ("dp.delta", 1.0),
+    ("dp.max-epsilon", -1.0),
+    ("attack.kind", "backdoor"),
+    ("attack.fraction", 1.5),
+    ("attack.factor", 0.0),
+    ("attack.sigma", math.nan),
+    ("validation.max-num-examples", 0),
+    ("validation.max-update-norm", -1.0),
 ]
 
 
@@ -177,3 +216,29 @@ def test_client_evaluation_needs_a_held_out_share(app_config: dict[str, Any]) ->
             {**app_config, "fraction-evaluate": 0.5, "val-fraction": 0}
         )
     RunConfig.from_flower({**app_config, "fraction-evaluate": 0.0, "val-fraction": 0})
+
+
+def test_group_knobs_arrive_in_their_dataclass(app_config: dict[str, Any]) -> None:
+    config = RunConfig.from_flower(
+        {**app_config, "fedprox.mu": 0.5, "trimmed-mean.beta": 0.1, "dp.clip-norm": 2}
+    )
+    assert config.fedprox.mu == 0.5
+    assert config.trimmed_mean.beta == 0.1
+    assert config.dp.clip_norm == 2.0 and config.dp.enabled
+    assert config.to_flower()["fedprox.mu"] == 0.5
+
+
+@pytest.mark.parametrize("key", ["fedprox.lambda", "nosuchtable.mu"])
+def test_unknown_group_key_is_rejected(app_config: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=f"'{key}'") as info:
+        RunConfig.from_flower({**app_config, key: 1.0})
+    assert info.value.key == key
+
+
+def test_central_dp_is_refused_for_a_rule_that_does_not_average(
+    app_config: dict[str, Any],
+) -> None:
+    with pytest.raises(ConfigError, match=r"'dp\.clip-norm'.*median") as info:
+        RunConfig.from_flower({**app_config, "strategy": "median", "dp.clip-norm": 1})
+    assert info.value.key == "dp.clip-norm"
+    RunConfig.from_flower({**app_config, "strategy": "fedadam", "dp.clip-norm": 1})

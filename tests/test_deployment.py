@@ -144,19 +144,29 @@ def explain(result: RunResult) -> str:
     return f"{result.status} {result.details}\n" + "\n".join(log[-30:])
 
 
-def test_run_completes_and_accuracy_rises(
+def test_scaffold_run_completes_and_client_state_persists(
     federation: Federation, data_dir: Path, tmp_path: Path
 ) -> None:
-    result = finish(*run_in_background(federation, run_config(data_dir, tmp_path)), 150)
+    """SCAFFOLD over TLS: each SuperNode keeps its control variate c_i in its
+    Context.state between rounds, although every message runs in a fresh
+    flwr-clientapp process (every node trains every round, so from round 2 on all
+    of them find the c_i they stored)."""
+    config = run_config(data_dir, tmp_path, num_server_rounds=3, strategy="scaffold")
+    result = finish(*run_in_background(federation, config), 200)
 
     assert result.completed, explain(result)
     run_dir = (tmp_path / "latest").resolve()
     for name in (HISTORY_JSON, HISTORY_CSV, MODEL_FILE, PLOT_FILE):
         assert (run_dir / name).is_file(), name
     history = read_history(run_dir)
-    assert [row["round"] for row in history] == [0, 1, 2]
-    assert history[2]["test_accuracy"] > history[0]["test_accuracy"]
-    assert [row["clients_succeeded"] for row in history[1:]] == [NUM_NODES] * 2
+    assert [row["round"] for row in history] == [0, 1, 2, 3]
+    assert history[3]["test_accuracy"] > history[0]["test_accuracy"]
+    assert [row["clients_succeeded"] for row in history[1:]] == [NUM_NODES] * 3
+    assert [row["scaffold_returning"] for row in history[1:]] == [
+        0,
+        NUM_NODES,
+        NUM_NODES,
+    ]
 
 
 def test_unregistered_or_untrusting_supernode_is_refused(

@@ -9,7 +9,6 @@ run leaves behind (status from ``flwr list``, files on disk), because
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,8 @@ from fl_app.runner import (
     FlowerHome,
     ManagedProcess,
     flwr_run,
-    free_port,
     run_status,
     simulation_config,
-    start_simulation_superlink,
 )
 
 pytestmark = pytest.mark.integration
@@ -40,27 +37,17 @@ APP_DIR = Path(__file__).resolve().parent.parent
 ROUNDS = 3
 
 
-@pytest.fixture(scope="module")
-def superlink(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[FlowerHome, ManagedProcess]]:
-    home = FlowerHome(tmp_path_factory.mktemp("flwr_home"))
-    port = free_port()
-    home.add_connection("sim", f"127.0.0.1:{port}")
-    process = start_simulation_superlink(home, port, home.path / "logs")
-    try:
-        yield home, process
-    finally:
-        process.stop()
-
-
 def simulate(
     superlink: tuple[FlowerHome, ManagedProcess],
     data_dir: Path,
     output_dir: Path,
     **overrides: Any,
 ) -> tuple[dict[str, Any], Path]:
-    """Run the app once with 10 virtual clients; return (status, run folder)."""
+    """Run the app once with 10 virtual clients; return (status, run folder).
+
+    ``overrides`` use Python names for flat keys (``seed=7``); pass dotted keys of
+    the per-algorithm tables as ``**{"fedprox.mu": 0.1}``.
+    """
     home, _ = superlink
     run_config = {
         "num-server-rounds": ROUNDS,
@@ -70,7 +57,7 @@ def simulate(
         "dataset": "mnist",
         "data-dir": str(data_dir),
         "output-dir": str(output_dir),
-        **overrides,
+        **{key.replace("_", "-"): value for key, value in overrides.items()},
     }
     run_id = flwr_run(
         APP_DIR,

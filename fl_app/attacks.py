@@ -1,0 +1,52 @@
+"""Simulated misbehaving clients, for the robustness studies.
+
+Which partitions attack is drawn once from the run's seed (so a run repeats), and the
+clients work it out for themselves from the run config: the server is never told.
+An attacker trains as usual and then lies about the result:
+
+* ``label-flip``: trains on labels ``9 - y`` (data poisoning);
+* ``sign-flip``: sends ``-factor * update`` (pushes the model uphill);
+* ``scale``: sends ``factor * update`` (boosting, the core of model replacement,
+  Bagdasaryan et al. 2020);
+* ``gaussian-noise``: sends ``N(0, sigma^2)`` noise of the update's shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.common import NDArrays
+
+from fl_app.config import AttackConfig
+from fl_app.data import Split
+from fl_app.model import NUM_CLASSES
+
+_SALT = 0xA77AC  # keeps the attacker draw independent of every other seeded draw
+
+
+def attacking_partitions(
+    seed: int, num_partitions: int, fraction: float
+) -> frozenset[int]:
+    """The ``round(fraction * N)`` partition ids that attack, drawn from ``seed``."""
+    count = round(fraction * num_partitions)
+    rng = np.random.default_rng([seed, _SALT])
+    return frozenset(rng.choice(num_partitions, size=count, replace=False).tolist())
+
+
+def flip_labels(split: Split) -> Split:
+    """The same inputs with every label ``y`` replaced by ``9 - y``."""
+    return Split(split.x, (NUM_CLASSES - 1) - split.y)
+
+
+def poison_update(
+    attack: AttackConfig, update: NDArrays, rng: np.random.Generator
+) -> NDArrays:
+    """What an attacker sends in place of its honest ``update``."""
+    if attack.kind == "sign-flip":
+        return [(-attack.factor * u).astype(u.dtype) for u in update]
+    if attack.kind == "scale":
+        return [(attack.factor * u).astype(u.dtype) for u in update]
+    if attack.kind == "gaussian-noise":
+        return [
+            rng.normal(0.0, attack.sigma, size=u.shape).astype(u.dtype) for u in update
+        ]
+    return update  # label-flip poisons the data, not the update

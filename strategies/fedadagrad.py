@@ -1,0 +1,33 @@
+"""FedAdagrad: Reddi et al., "Adaptive Federated Optimization", ICLR 2021
+(arXiv:2003.00295), Algorithm 2 with Adagrad's second moment.
+
+With the average update Δ_t = Σ_k (n_k/n) w_k - w_t:
+
+    v_t = v_{t-1} + Δ_t²
+    w_{t+1} = w_t + η Δ_t / (sqrt(v_t) + τ)
+
+(v_0 = 0; no first moment: Flower's ``FedAdagrad``, whose rule this is, fixes
+β1 = 0, so ``fedopt.beta1`` and ``fedopt.beta2`` do not apply).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.server.strategy import FedAdagrad as FlowerFedAdagrad
+
+from fl_app.config import RunConfig
+from strategies.base import BaseStrategy
+
+
+class FedAdagrad(BaseStrategy, FlowerFedAdagrad):
+    """Adagrad on the server, over FedAvg's average update (``fedopt.eta``, ``tau``)."""
+
+    def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
+        super().__init__(
+            config,
+            run_dir,
+            eta=config.fedopt.eta,
+            eta_l=config.learning_rate,
+            tau=config.fedopt.tau,
+        )

@@ -1,0 +1,32 @@
+"""FedAvgM: Hsu, Qi & Brown, "Measuring the Effects of Non-Identical Data Distribution
+for Federated Visual Classification", 2019 (arXiv:1909.06335).
+
+The server treats the average update as a pseudo-gradient and applies SGD with
+momentum beta and learning rate eta:
+
+    g_t = w_t - Σ_k (n_k/n) w_k,   v_t = beta v_{t-1} + g_t  (v_1 = g_1),
+    w_{t+1} = w_t - eta v_t.
+
+With beta = 0 and eta = 1 this is FedAvg. The rule is Flower's ``FedAvgM``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.server.strategy import FedAvgM as FlowerFedAvgM
+
+from fl_app.config import RunConfig
+from strategies.base import BaseStrategy
+
+
+class FedAvgM(BaseStrategy, FlowerFedAvgM):
+    """Server momentum on FedAvg's average (``fedavgm.*``)."""
+
+    def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
+        super().__init__(
+            config,
+            run_dir,
+            server_learning_rate=config.fedavgm.server_learning_rate,
+            server_momentum=config.fedavgm.momentum,
+        )

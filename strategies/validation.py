@@ -1,0 +1,109 @@
+"""What the server accepts from a client, checked before any aggregation.
+
+A reply is decoded and checked against what the round sent: the array count, each
+array's shape and dtype, finiteness, a sane example count and (optionally) a bound on
+the update's norm. A bad reply is rejected with one reason, logged and counted in its
+own history column; it never reaches an aggregation rule, so no client's bytes can
+make the global model non-finite or end the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.common import FitRes, NDArrays, parameters_to_ndarrays
+
+# One history column each: rejected_<reason>.
+REASONS = (
+    "undecodable",
+    "array_count",
+    "shape",
+    "dtype",
+    "non_finite",
+    "num_examples",
+    "norm",
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a valid reply holds: arrays of these shapes and dtypes, in this order."""
+
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[np.dtype, ...]
+
+    @classmethod
+    def of(cls, arrays: NDArrays) -> Layout:
+        return cls(
+            tuple(tuple(a.shape) for a in arrays), tuple(a.dtype for a in arrays)
+        )
+
+    def __add__(self, other: Layout) -> Layout:
+        return Layout(self.shapes + other.shapes, self.dtypes + other.dtypes)
+
+
+class Rejected(ValueError):
+    """A reply the server will not aggregate; ``reason`` is one of REASONS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def update_norm(arrays: NDArrays) -> float:
+    """The L2 norm of all arrays taken as one vector (in float64)."""
+    return float(np.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in arrays)))
+
+
+def checked_arrays(
+    res: FitRes,
+    layout: Layout,
+    *,
+    num_update_arrays: int,
+    max_num_examples: int,
+    max_update_norm: float,
+) -> NDArrays:
+    """The reply's arrays, or ``Rejected`` naming the first thing wrong with it.
+
+    The norm bound (0: none) applies to the first ``num_update_arrays`` arrays, the
+    model update; what an algorithm sends after them (SCAFFOLD's delta c) is checked
+    for layout and finiteness only.
+    """
+    if not 0 < res.num_examples <= max_num_examples:
+        raise Rejected(
+            "num_examples",
+            f"n_k = {res.num_examples} is outside [1, {max_num_examples}] "
+            "('validation.max-num-examples')",
+        )
+    try:
+        arrays = parameters_to_ndarrays(res.parameters)
+    except Exception as error:  # any bytes can arrive; none may end the run
+        raise Rejected("undecodable", f"{type(error).__name__}: {error}") from None
+    if len(arrays) != len(layout.shapes):
+        raise Rejected(
+            "array_count", f"expected {len(layout.shapes)} arrays, got {len(arrays)}"
+        )
+    for index, (array, shape, dtype) in enumerate(
+        zip(arrays, layout.shapes, layout.dtypes, strict=True)
+    ):
+        if array.shape != shape:
+            raise Rejected(
+                "shape", f"array {index}: expected {shape}, got {array.shape}"
+            )
+        if array.dtype != dtype:
+            raise Rejected(
+                "dtype", f"array {index}: expected {dtype}, got {array.dtype}"
+            )
+    for index, array in enumerate(arrays):
+        if not np.isfinite(array).all():
+            raise Rejected("non_finite", f"array {index} holds NaN or Inf")
+    if max_update_norm > 0:
+        norm = update_norm(arrays[:num_update_arrays])
+        if norm > max_update_norm:
+            raise Rejected(
+                "norm",
+                f"||update|| = {norm:.4g} > {max_update_norm:g} "
+                "('validation.max-update-norm')",
+            )
+    return arrays
