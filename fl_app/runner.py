@@ -282,7 +282,11 @@ def start_simulation_superlink(
     process = ManagedProcess.start(
         "superlink", command, log_dir / "superlink.log", env=home.env()
     )
-    wait_for_port("127.0.0.1", port, 30, process)
+    try:
+        wait_for_port("127.0.0.1", port, 30, process)
+    except BaseException:  # a timeout or Ctrl-C: the caller never gets the process
+        process.stop()
+        raise
     return process
 
 

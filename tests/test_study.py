@@ -1,0 +1,285 @@
+"""fl_app/study.py and the study scripts, without Flower: a fake runner stands in for
+``flwr run`` and writes the run folder a ServerApp would."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import io
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from fl_app.config import RunConfig
+from fl_app.study import (
+    MARKER,
+    Study,
+    StudyError,
+    markdown_table,
+    mean_per_round,
+    percent,
+    plot_curves,
+    rounds_to_target,
+)
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def rows_of(accuracies: list[float], **extra: Any) -> list[dict[str, Any]]:
+    return [
+        {"round": r, "test_accuracy": a, "test_loss": 1.0 - a, **extra}
+        for r, a in enumerate(accuracies)
+    ]
+
+
+# --------------------------------------------------------------------- pure helpers
+def test_rounds_to_target_is_the_first_round_at_or_above() -> None:
+    rows = rows_of([0.1, 0.5, 0.79, 0.8, 0.7, 0.9])
+    assert rounds_to_target(rows, 0.8) == 3
+    assert rounds_to_target(rows, 0.5) == 1
+    assert rounds_to_target(rows, 0.05) == 0  # the initial model counts too
+    assert rounds_to_target(rows, 0.95) is None
+    assert rounds_to_target([], 0.5) is None
+    # A round without an accuracy (None in history.json) is skipped, not a crash.
+    assert rounds_to_target([{"round": 1, "test_accuracy": None}], 0.1) is None
+
+
+def test_markdown_table() -> None:
+    table = markdown_table(
+        ["strategy", "IID: rounds to 80%"], [["fedavg", 8], ["a|b", None]]
+    )
+    assert table == (
+        "| strategy | IID: rounds to 80% |\n|---|---|\n| fedavg | 8 |\n| a\\|b | - |\n"
+    )
+    with pytest.raises(ValueError, match="2 columns"):
+        markdown_table(["a", "b"], [["only one"]])
+
+
+def test_small_helpers() -> None:
+    rows = rows_of([0.1, 0.5, 0.6], attackers_sampled=2)
+    rows[2]["attackers_sampled"] = 4
+    assert mean_per_round(rows, "attackers_sampled") == 3.0  # round 0 left out
+    assert mean_per_round(rows, "missing") is None
+    assert percent(0.8412) == "84.1%"
+    assert percent(None) == "-"
+
+
+def test_plot_curves_writes_a_png(tmp_path: Path) -> None:
+    path = tmp_path / "plots" / "curves.png"
+    labels = [f"strategy-{i}" for i in range(12)]  # more than tab10 has colours
+    plot_curves(
+        path,
+        {
+            "IID": {s: rows_of([0.1, 0.6, 0.8]) for s in labels},
+            "shards": {s: rows_of([0.1, 0.3, 0.5]) for s in labels[:5]},
+        },
+        title="test",
+        targets={"IID": 0.8, "shards": 0.7},
+    )
+    assert path.read_bytes()[:8] == PNG
+    assert [p.name for p in path.parent.iterdir()] == ["curves.png"]  # no temp file
+
+
+# --------------------------------------------------------------------- Study
+class FakeRunner:
+    """Writes what the ServerApp writes: ``<output-dir>/<stamp>-run<id>/`` with
+    history.json and config.json. Accuracy comes from ``accuracy(run_config)``."""
+
+    def __init__(self, accuracy: Any = None, fail: set[str] | None = None) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.accuracy = accuracy or (lambda config: 0.8)
+        self.fail = fail or set()
+
+    def __call__(
+        self, run_config: dict[str, Any], num_supernodes: int, log_dir: Path
+    ) -> Path:
+        self.calls.append(run_config)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / "run.log").write_text("fake log\n")
+        if run_config.get("strategy") in self.fail:
+            raise StudyError("run 1 ended finished:failed")
+        output_dir = Path(run_config["output-dir"])
+        assert output_dir.is_absolute()
+        run_dir = output_dir / f"20260101-000000-run{len(self.calls)}"
+        run_dir.mkdir(parents=True)
+        (output_dir / "latest").symlink_to(run_dir.name)
+        rounds = int(run_config.get("num-server-rounds", 3))
+        final = self.accuracy(run_config)
+        attackers = 2 if run_config.get("attack.kind", "none") != "none" else 0
+        rows = [
+            {
+                "round": r,
+                "test_accuracy": 0.1 + (final - 0.1) * r / rounds,
+                "test_loss": 1.0,
+                "attackers_sampled": attackers if r else 0,
+                "clients_rejected": 0,
+            }
+            for r in range(rounds + 1)
+        ]
+        (run_dir / "history.json").write_text(json.dumps(rows))
+        config = RunConfig.from_flower(run_config)
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
+        return run_dir
+
+
+def test_study_runs_once_then_skips_the_finished_run(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    config = {"num-server-rounds": 3, "strategy": "fedavg"}
+    out = io.StringIO()
+    with Study(tmp_path, total=2, runner=runner, stream=out) as study:
+        rows = study.run("fedavg-iid", config, 10, label="fedavg iid")
+        study.run("median-iid", {**config, "strategy": "median"}, 10)
+    assert len(runner.calls) == 2
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    kept = tmp_path / "runs" / "fedavg-iid"
+    assert json.loads((kept / "history.json").read_text()) == rows
+    assert (kept / "logs" / "run.log").exists()
+    assert json.loads((kept / MARKER).read_text())["num_supernodes"] == 10
+    assert not (tmp_path / "runs" / ".incomplete" / "fedavg-iid").exists()
+    assert out.getvalue().splitlines()[0].startswith("[1/2] fedavg iid: 80.0% after 3")
+
+    # Run again (as a resumed study would): nothing runs, the same rows come back.
+    again = FakeRunner()
+    out = io.StringIO()
+    with Study(tmp_path, total=2, runner=again, stream=out) as study:
+        assert study.run("fedavg-iid", config, 10) == rows
+        assert study.results["fedavg-iid"].skipped
+        assert study.results["fedavg-iid"].config["strategy"] == "fedavg"
+    assert again.calls == []
+    assert "skipped" in out.getvalue()
+
+
+def test_a_failed_run_keeps_nothing_and_runs_again_next_time(tmp_path: Path) -> None:
+    config = {"num-server-rounds": 2, "strategy": "krum"}
+    with Study(tmp_path, runner=FakeRunner(fail={"krum"})) as study:
+        with pytest.raises(StudyError, match="finished:failed"):
+            study.run("krum-iid", config, 10)
+    assert not (tmp_path / "runs" / "krum-iid").exists()
+
+    runner = FakeRunner()
+    with Study(tmp_path, runner=runner, stream=io.StringIO()) as study:
+        study.run("krum-iid", config, 10)
+    assert len(runner.calls) == 1
+    assert (tmp_path / "runs" / "krum-iid" / MARKER).exists()
+
+
+def test_another_configuration_under_the_same_name_is_refused(tmp_path: Path) -> None:
+    config = {"num-server-rounds": 2, "strategy": "fedavg"}
+    with Study(tmp_path, runner=FakeRunner(), stream=io.StringIO()) as study:
+        study.run("fedavg-iid", config, 10)
+    runner = FakeRunner()
+    with Study(tmp_path, runner=runner) as study:
+        with pytest.raises(StudyError, match="num-server-rounds: 2 there, 5 now"):
+            study.run("fedavg-iid", {**config, "num-server-rounds": 5}, 10)
+        with pytest.raises(StudyError, match="num_supernodes"):
+            study.run("fedavg-iid", config, 20)
+    assert runner.calls == []
+
+
+def test_study_needs_its_context_and_plain_names(tmp_path: Path) -> None:
+    study = Study(tmp_path, runner=FakeRunner())
+    with pytest.raises(RuntimeError, match="context manager"):
+        study.run("fedavg-iid", {}, 10)
+    with study, pytest.raises(ValueError, match="plain folder name"):
+        study.run("../escape", {}, 10)
+
+
+def test_two_studies_cannot_share_a_folder(tmp_path: Path) -> None:
+    with Study(tmp_path, runner=FakeRunner()):
+        with pytest.raises(StudyError, match="another study"):
+            with Study(tmp_path, runner=FakeRunner()):
+                pass
+
+
+# --------------------------------------------------------------------- the scripts
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def with_fake(
+    monkeypatch: pytest.MonkeyPatch, module: ModuleType, runner: FakeRunner
+) -> None:
+    monkeypatch.setattr(module, "Study", functools.partial(Study, runner=runner))
+
+
+def test_compare_strategies_writes_its_report_and_resumes(
+    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_script("compare_strategies")
+    finals = {("fedavg", "iid"): 0.85, ("fedavg", "shards"): 0.72}
+    runner = FakeRunner(lambda c: finals.get((c["strategy"], c["partitioner"]), 0.6))
+    with_fake(monkeypatch, module, runner)
+    argv = [
+        "--rounds", "4", "--strategies", "fedavg,median", "--num-supernodes", "20",
+        "--out", str(tmp_path / "out"), "--dataset", "mnist",
+        "--data-dir", str(mnist_dir),
+    ]  # fmt: skip
+    assert module.main(argv) == 0
+    assert len(runner.calls) == 4
+    assert {c["min-available-clients"] for c in runner.calls} == {20}
+    report = (tmp_path / "out" / "compare.md").read_text()
+    assert "IID: rounds to 80%" in report and "shards: rounds to 70%" in report
+    assert "| fedavg | **85.0%** | 4 | **72.0%** | 4 |" in report
+    assert "| median | 60.0% | > 4 | 60.0% | > 4 |" in report
+    assert "python scripts/compare_strategies.py --rounds 4" in report
+    assert (tmp_path / "out" / "compare.png").read_bytes()[:8] == PNG
+    numbers = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert len(numbers["runs"]) == 4
+    assert numbers["targets"] == {"iid": 0.8, "shards": 0.7}
+
+    again = FakeRunner()
+    with_fake(monkeypatch, module, again)
+    assert module.main(argv) == 0
+    assert again.calls == []
+    assert "4 of them reused" in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_attack_study_reports_drops_and_verdicts(
+    tmp_path: Path,
+    mnist_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    module = load_script("attack_study")
+
+    def accuracy(config: dict[str, Any]) -> float:
+        attacked = config["attack.kind"] != "none"
+        if config["strategy"] == "fedavg":
+            return 0.10 if attacked else 0.84
+        return 0.81 if attacked else 0.82
+
+    runner = FakeRunner(accuracy)
+    with_fake(monkeypatch, module, runner)
+    argv = [
+        "--rounds", "3", "--strategies", "fedavg,median", "--num-supernodes", "20",
+        "--out", str(tmp_path / "out"), "--dataset", "mnist",
+        "--data-dir", str(mnist_dir), "--factor", "5",
+    ]  # fmt: skip
+    assert module.main(argv) == 0
+    kinds = [(c["strategy"], c["attack.kind"]) for c in runner.calls]
+    assert kinds == [
+        ("fedavg", "none"), ("median", "none"),
+        ("fedavg", "sign-flip"), ("median", "sign-flip"),
+        ("fedavg", "scale"), ("median", "scale"),
+    ]  # fmt: skip
+    attacked = runner.calls[2]
+    assert attacked["attack.fraction"] == 0.2 and attacked["attack.factor"] == 5
+    report = (tmp_path / "out" / "attacks.md").read_text()
+    assert "| fedavg | 84.0% | 10.0% | +74.0 | ✗ | 10.0% | +74.0 | ✗ | 2.0 |" in report
+    assert "| median | 82.0% | 81.0% | +1.0 | ✓ | 81.0% | +1.0 | ✓ | 2.0 |" in report
+    assert "factor 5:" in report
+    printed = capsys.readouterr().out
+    assert "FedAvg degraded" in printed
+    assert "Within 2 points of clean under every attack: median" in printed
+    assert (tmp_path / "out" / "attacks.png").read_bytes()[:8] == PNG
+    numbers = json.loads((tmp_path / "out" / "attacks.json").read_text())
+    assert numbers["strategies"]["fedavg"]["sign-flip"]["drop_points"] == 74.0
