@@ -318,20 +318,7 @@ class BaseStrategy(FlowerFedAvg):
         if self.privacy is not None:
             updates = self._privatize(server_round, updates)
         metrics = weighted_metrics([(u.num_examples, u.metrics) for u in updates])
-        new_weights = None
-        if len(updates) >= self.min_fit_clients:
-            new_weights = self.aggregate(server_round, updates)
-            if new_weights is not None and not _all_finite(new_weights):
-                log(WARNING, "round %s: the aggregate is not finite", server_round)
-                new_weights = None
-        else:
-            log(
-                WARNING,
-                "round %s: %s valid replies < min-fit-clients=%s",
-                server_round,
-                len(updates),
-                self.min_fit_clients,
-            )
+        new_weights = self._new_weights(server_round, updates)
         if new_weights is None:
             log(WARNING, "round %s: the global model stays unchanged", server_round)
         elif self.privacy is not None:
@@ -347,6 +334,33 @@ class BaseStrategy(FlowerFedAvg):
         if new_weights is None:
             return None, metrics
         return ndarrays_to_parameters(new_weights), metrics
+
+    def _new_weights(
+        self, server_round: int, updates: list[ClientUpdate]
+    ) -> NDArrays | None:
+        """The rule's result, in the model's dtypes, or None to keep the model."""
+        if len(updates) < self.min_fit_clients:
+            log(
+                WARNING,
+                "round %s: %s valid replies < min-fit-clients=%s",
+                server_round,
+                len(updates),
+                self.min_fit_clients,
+            )
+            return None
+        new_weights = self.aggregate(server_round, updates)
+        if new_weights is None:
+            return None
+        # A rule's arithmetic may promote (Flower's FedAdam returns float64): the
+        # model keeps its dtypes, and what crosses the wire its size.
+        new_weights = [
+            w.astype(g.dtype, copy=False)
+            for w, g in zip(new_weights, self.global_weights, strict=True)
+        ]
+        if not _all_finite(new_weights):
+            log(WARNING, "round %s: the aggregate is not finite", server_round)
+            return None
+        return new_weights
 
     def validate(
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]]

@@ -7,17 +7,20 @@ momentum beta and learning rate eta:
     g_t = w_t - Σ_k (n_k/n) w_k,   v_t = beta v_{t-1} + g_t  (v_1 = g_1),
     w_{t+1} = w_t - eta v_t.
 
-With beta = 0 and eta = 1 this is FedAvg. The rule is Flower's ``FedAvgM``.
+With beta = 0 and eta = 1 this is FedAvg. The rule is Flower's ``FedAvgM``, which
+starts v only when the server round is 1; here v starts at the first round that
+aggregates (round 1 may keep the model when too few replies are valid).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from flwr.common import NDArrays
 from flwr.server.strategy import FedAvgM as FlowerFedAvgM
 
 from fl_app.config import RunConfig
-from strategies.base import BaseStrategy
+from strategies.base import BaseStrategy, ClientUpdate
 
 
 class FedAvgM(BaseStrategy, FlowerFedAvgM):
@@ -30,3 +33,9 @@ class FedAvgM(BaseStrategy, FlowerFedAvgM):
             server_learning_rate=config.fedavgm.server_learning_rate,
             server_momentum=config.fedavgm.momentum,
         )
+
+    def aggregate(
+        self, server_round: int, updates: list[ClientUpdate]
+    ) -> NDArrays | None:
+        first = self.momentum_vector is None  # Flower's test is server_round == 1
+        return super().aggregate(1 if first else server_round, updates)
