@@ -160,6 +160,32 @@ class BaseStrategy(FlowerFedAvg):
                 f"{cls.dp_conflict}",
             )
 
+    # ------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """What the rest of the run depends on, beyond the run config: the global
+        model, the history, why it stopped, the privacy ledger. Subclasses add their
+        own state (server moments, control variates) and call ``super()``.
+
+        Sampling, local shuffling and seeded DP noise draw from generators seeded
+        by (seed, round), so no RNG state needs keeping.
+        """
+        return {
+            "round": self.history[-1].round if self.history else -1,
+            "global_weights": [w.copy() for w in self.global_weights],
+            "history": [asdict(record) for record in self.history],
+            "stop_reason": self.stop_reason,
+            "privacy": None if self.privacy is None else self.privacy.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()``'s output (made with the same config)."""
+        self.global_weights = [np.array(w, copy=True) for w in state["global_weights"]]
+        set_weights(self.model, self.global_weights)
+        self.history = [outputs.RoundRecord(**row) for row in state["history"]]
+        self.stop_reason = state["stop_reason"]
+        if self.privacy is not None:
+            self.privacy.load_state_dict(state["privacy"])
+
     # ------------------------------------------------------------- what clients see
     def fit_config(self, server_round: int) -> dict[str, Scalar]:
         """The instructions sent with the weights; override to change local training."""

@@ -16,6 +16,8 @@ Flower does not ship this rule; it earns its place in the attack study
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from flwr.common import NDArrays
 
@@ -32,6 +34,14 @@ class CenteredClipping(BaseStrategy):
     )
 
     momentum: NDArrays | None = None  # v, the last aggregate update
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "momentum": self.momentum}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        momentum = state["momentum"]
+        self.momentum = None if momentum is None else [np.array(v) for v in momentum]
 
     def aggregate(
         self, server_round: int, updates: list[ClientUpdate]

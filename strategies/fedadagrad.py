@@ -12,22 +12,10 @@ With the average update Δ_t = Σ_k (n_k/n) w_k - w_t:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from flwr.server.strategy import FedAdagrad as FlowerFedAdagrad
 
-from fl_app.config import RunConfig
-from strategies.base import BaseStrategy
+from strategies.fedopt import ServerOptimizer
 
 
-class FedAdagrad(BaseStrategy, FlowerFedAdagrad):
+class FedAdagrad(ServerOptimizer, FlowerFedAdagrad):
     """Adagrad on the server, over FedAvg's average update (``fedopt.eta``, ``tau``)."""
-
-    def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
-        super().__init__(
-            config,
-            run_dir,
-            eta=config.fedopt.eta,
-            eta_l=config.learning_rate,
-            tau=config.fedopt.tau,
-        )

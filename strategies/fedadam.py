@@ -19,20 +19,12 @@ from pathlib import Path
 from flwr.server.strategy import FedAdam as FlowerFedAdam
 
 from fl_app.config import RunConfig
-from strategies.base import BaseStrategy
+from strategies.fedopt import ServerOptimizer
 
 
-class FedAdam(BaseStrategy, FlowerFedAdam):
+class FedAdam(ServerOptimizer, FlowerFedAdam):
     """Adam on the server, over FedAvg's average update (``fedopt.*``)."""
 
     def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
         opt = config.fedopt
-        super().__init__(
-            config,
-            run_dir,
-            eta=opt.eta,
-            eta_l=config.learning_rate,
-            beta_1=opt.beta1,
-            beta_2=opt.beta2,
-            tau=opt.tau,
-        )
+        super().__init__(config, run_dir, beta_1=opt.beta1, beta_2=opt.beta2)

@@ -15,8 +15,10 @@ aggregates (round 1 may keep the model when too few replies are valid).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from flwr.common import NDArrays
+import numpy as np
+from flwr.common import NDArrays, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvgM as FlowerFedAvgM
 
 from fl_app.config import RunConfig
@@ -39,3 +41,19 @@ class FedAvgM(BaseStrategy, FlowerFedAvgM):
     ) -> NDArrays | None:
         first = self.momentum_vector is None  # Flower's test is server_round == 1
         return super().aggregate(1 if first else server_round, updates)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Flower keeps the server's weights in ``initial_parameters``.
+        return {
+            **super().state_dict(),
+            "server_weights": parameters_to_ndarrays(self.initial_parameters),
+            "momentum": self.momentum_vector,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.initial_parameters = ndarrays_to_parameters(state["server_weights"])
+        momentum = state["momentum"]
+        self.momentum_vector = (
+            None if momentum is None else [np.array(v, copy=True) for v in momentum]
+        )

@@ -20,6 +20,7 @@ the update, so validation and byte counts see them; c_i lives in the node's
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.common import NDArrays, Parameters, Scalar, ndarrays_to_parameters
@@ -42,6 +43,13 @@ class Scaffold(BaseStrategy):
     def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
         super().__init__(config, run_dir)
         self.control = [np.zeros_like(w) for w in self.global_weights]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "control": self.control}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.control = [np.array(c, copy=True) for c in state["control"]]
 
     def fit_config(self, server_round: int) -> dict[str, Scalar]:
         return {**super().fit_config(server_round), SCAFFOLD: True}
