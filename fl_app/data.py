@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import struct
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
+
+from fl_app.results import write_atomically
 
 # Per-dataset normalisation (mean, std of the training pixels in [0, 1]).
 NORMALISATION = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
@@ -132,13 +135,12 @@ def load_raw(dataset: str, data_dir: str, split: str) -> tuple[np.ndarray, np.nd
 
 
 def _save_atomically(path: Path, save: Callable[[BinaryIO], None]) -> None:
-    """Write via ``save`` to a temporary file, then rename: readers never see half."""
+    """``write_atomically`` what ``save`` writes: readers never see half a file."""
+    buffer = io.BytesIO()
+    save(buffer)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
-            save(handle)
-        os.replace(tmp, path)
+        write_atomically(path, buffer.getvalue())
     except OSError:
         pass  # a read-only cache only costs speed
 

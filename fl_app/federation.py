@@ -11,9 +11,6 @@ groups (the SuperLink starts its SuperExec in a session of its own).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,19 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from fl_app.runner import (
+    LOOPBACK,
     FlowerHome,
     ManagedProcess,
     flower_bin,
     flower_env,
+    flwr_json,
     flwr_run,
     free_port,
     run_status,
-    wait_for_port,
+    start_superlink,
 )
 
 APP_DIR = Path(__file__).resolve().parent.parent
 CONNECTION = "local"  # name of the SuperLink connection in the private FLWR_HOME
-LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -129,39 +127,30 @@ class Federation:
         Flower processes on this machine pick random ports too): then try another.
         """
         home = self.work_dir / "superlink"
+        home.mkdir(parents=True, exist_ok=True)
+        args = [
+            "--ssl-ca-certfile",
+            str(self.certs.ca_cert.resolve()),
+            "--ssl-certfile",
+            str(self.certs.superlink_cert.resolve()),
+            "--ssl-keyfile",
+            str(self.certs.superlink_key.resolve()),
+            "--enable-supernode-auth",
+            "--database",
+            str(home / "state.db"),
+        ]
         for attempt in range(1, attempts + 1):
             port = free_port()
-            command = [
-                flower_bin("flower-superlink"),
-                "--ssl-ca-certfile",
-                str(self.certs.ca_cert.resolve()),
-                "--ssl-certfile",
-                str(self.certs.superlink_cert.resolve()),
-                "--ssl-keyfile",
-                str(self.certs.superlink_key.resolve()),
-                "--enable-supernode-auth",
-                "--host",
-                LOOPBACK,
-                "--port",
-                str(port),
-                "--database",
-                str(home / "state.db"),
-                "--disable-runtime-dependency-installation",
-            ]
-            home.mkdir(parents=True, exist_ok=True)
-            process = ManagedProcess.start(
-                "superlink",
-                command,
-                self.log_dir / "superlink.log",
-                env=self._env(home / "flwr-home"),
-                cwd=home,
-            )
-            self.superlink = process  # from now on, stop() stops it
             try:
-                wait_for_port(LOOPBACK, port, timeout, process)
+                self.superlink = start_superlink(
+                    args,
+                    port,
+                    self.log_dir / "superlink.log",
+                    self._env(home / "flwr-home"),
+                    cwd=home,
+                    timeout=timeout,
+                )
             except RuntimeError:  # exited before listening: the port may be taken
-                process.stop()
-                self.superlink = None
                 if attempt == attempts:
                     raise
                 continue
@@ -172,43 +161,14 @@ class Federation:
             return
 
     # ----------------------------------------------------------------- CLI
-    def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run ``flwr <args>`` against this federation's private FLWR_HOME."""
-        return subprocess.run(
-            [flower_bin("flwr"), *args],
-            capture_output=True,
-            text=True,
-            env={**os.environ, **self.home.env()},
-            timeout=timeout,
-            check=False,
-        )
-
     def register(self, public_key: Path) -> int:
         """``flwr supernode register``: allow the node holding the private key in."""
         args = ("supernode", "register", str(public_key), CONNECTION)
-        return int(self.flwr_json(*args)["node-id"])
+        return int(flwr_json(self.home, *args)["node-id"])
 
     def nodes(self) -> list[dict[str, Any]]:
         """``flwr supernode list``: every registered node and its status."""
-        return list(self.flwr_json("supernode", "list", CONNECTION)["nodes"])
-
-    def flwr_json(self, *args: str) -> dict[str, Any]:
-        """``flwr <args> --format json``, or RuntimeError with Flower's own message.
-
-        Flower's JSON mode reports some failures as ``"success": false`` with exit
-        code 0, others as text with a non-zero exit code: both end up here.
-        """
-        out = self.flwr(*args, "--format", "json")
-        try:
-            payload = json.loads(out.stdout)
-        except json.JSONDecodeError:
-            payload = {"error-message": (out.stdout + out.stderr).strip()}
-        if out.returncode != 0 or not payload.get("success", False):
-            message = str(payload.get("error-message", payload)).strip()
-            raise RuntimeError(
-                f"flwr {' '.join(args)} failed (exit {out.returncode}): {message}"
-            )
-        return dict(payload)
+        return list(flwr_json(self.home, "supernode", "list", CONNECTION)["nodes"])
 
     def online(self) -> int:
         return sum(node.get("status") == "online" for node in self.nodes())

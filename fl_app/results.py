@@ -87,13 +87,18 @@ def new_run_dir(output_dir: str | Path, run_id: int | str | None = None) -> Path
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file whole."""
+    """Write ``data`` to ``path`` so that readers see the old or the new file whole
+    (a temporary file in the same folder, renamed over ``path``; removed on error)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _json_safe(value: Any) -> Any:

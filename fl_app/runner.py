@@ -20,14 +20,16 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+import psutil
+import tomli_w
 from flwr.common.config import parse_config_args
 
+LOOPBACK = "127.0.0.1"
 # Quiet, offline, and never install dependencies at run time: the app's environment
 # is the one it was installed into.
 BASE_ENV = {
@@ -62,7 +64,7 @@ def flower_bin(name: str) -> str:
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
 
 
@@ -88,7 +90,8 @@ def wait_for_port(
 
 @dataclass
 class ManagedProcess:
-    """A child process in its own process group, its output in a log file."""
+    """A child process in its own process group, its output in a log file (or, with
+    ``pipe``, in ``popen.stdout`` for the caller to copy there)."""
 
     name: str
     popen: subprocess.Popen[bytes]
@@ -102,12 +105,14 @@ class ManagedProcess:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        *,
+        pipe: bool = False,
     ) -> ManagedProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:
             popen = subprocess.Popen(
                 list(command),
-                stdout=log_file,
+                stdout=subprocess.PIPE if pipe else log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **(env or {})},
@@ -131,29 +136,36 @@ class ManagedProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, grace: float = 10.0) -> int | None:
-        """SIGTERM the whole group, SIGKILL what is left after ``grace`` s, then kill
-        any descendant that left the group (the SuperLink starts its SuperExec in a
-        session of its own)."""
-        escaped = _descendants(self.pid) if self.alive() else set()
-        if self.alive():
-            _signal_group(self.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
-        # Children (ServerApp, ClientApp, Ray) may outlive the leader: kill the group.
-        _signal_group(self.pid, signal.SIGKILL)
-        try:
-            self.popen.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-        for pid, started in escaped:
-            if _start_time(pid) == started:  # the same process, not a reused PID
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        """SIGTERM the process group and every descendant, SIGKILL what is left after
+        ``grace`` s. Descendants are signalled one by one too because some leave the
+        group (the SuperLink starts its SuperExec in a session of its own); psutil
+        checks each one's start time, so a reused PID is never signalled."""
+        family = self._family() if self.alive() else []
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            # Group members (ServerApp, ClientApps, Ray) may outlive the leader.
+            _signal_group(self.pid, sig)
+            for process in family:
+                with suppress(psutil.Error):
+                    process.send_signal(sig)
+            deadline = time.monotonic() + grace
+            with suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=grace)  # the leader: reaped, exit code kept
+            remaining = max(0.0, deadline - time.monotonic())
+            _, family = psutil.wait_procs(family, timeout=remaining)
         return self.popen.returncode
+
+    def _family(self) -> list[psutil.Process]:
+        """The descendants, and the other members of their process groups: Ray
+        workers whose raylet has exited are orphans, but still in the group of the
+        SuperExec that started them."""
+        try:
+            found = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+        groups = {self.pid, *(_pgid(process.pid) for process in found)} - {None}
+        found += [p for p in psutil.process_iter() if _pgid(p.pid) in groups]
+        ours = (self.pid, os.getpid())
+        return list({p.pid: p for p in found if p.pid not in ours}.values())
 
     def kill(self) -> None:
         """Die now, like a crashed machine: SIGKILL to the group, no clean-up."""
@@ -161,40 +173,16 @@ class ManagedProcess:
         self.popen.wait(timeout=10)
 
 
-def _start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (start time): tells a process from a reused PID."""
+def _pgid(pid: int) -> int | None:
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        return os.getpgid(pid)
     except OSError:
         return None
-    return int(text.rsplit(")", 1)[1].split()[19])
-
-
-def _descendants(root: int) -> set[tuple[int, int]]:
-    """(pid, start time) of every process below ``root`` (Linux /proc; else none)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found: set[tuple[int, int]] = set()
-    stack = list(children.get(root, []))
-    while stack:
-        pid = stack.pop()
-        started = _start_time(pid)
-        if started is not None:
-            found.add((pid, started))
-        stack += children.get(pid, [])
-    return found
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 @dataclass
@@ -218,39 +206,43 @@ class FlowerHome:
         else:
             entry["root-certificates"] = str(Path(root_certificates).resolve())
         self.connections[name] = entry
-        self._write()
-
-    def _write(self) -> None:
+        superlink = {"default": next(iter(self.connections)), **self.connections}
         self.path.mkdir(parents=True, exist_ok=True)
-        lines = ["[superlink]", f'default = "{next(iter(self.connections))}"', ""]
-        for name, entry in self.connections.items():
-            lines += _toml_table(f"superlink.{name}", entry)
-        (self.path / "config.toml").write_text("\n".join(lines) + "\n")
+        (self.path / "config.toml").write_text(tomli_w.dumps({"superlink": superlink}))
 
     def env(self) -> dict[str, str]:
         return flower_env(self.path)
 
 
-def _toml_table(name: str, entry: Mapping[str, Any]) -> list[str]:
-    lines = [f"[{name}]"]
-    nested = []
-    for key, value in entry.items():
-        if isinstance(value, Mapping):
-            nested.append((key, value))
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    lines.append("")
-    for key, value in nested:
-        lines += _toml_table(f"{name}.{key}", value)
-    return lines
+def start_superlink(
+    args: Sequence[str],
+    port: int,
+    log_path: Path,
+    env: Mapping[str, str],
+    *,
+    cwd: Path | None = None,
+    timeout: float = 30,
+) -> ManagedProcess:
+    """``flower-superlink <args>`` on ``127.0.0.1:port``, returned once it listens;
+    stopped again if it does not (exits, times out, or Ctrl-C meanwhile)."""
+    command = [flower_bin("flower-superlink"), *args, "--host", LOOPBACK]
+    command += ["--port", str(port), "--disable-runtime-dependency-installation"]
+    process = ManagedProcess.start("superlink", command, log_path, env=env, cwd=cwd)
+    try:
+        wait_for_port(LOOPBACK, port, timeout, process)
+    except BaseException:  # the caller never gets the process: stop it here
+        process.stop()
+        raise
+    return process
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))
+def start_simulation_superlink(
+    home: FlowerHome, port: int, log_dir: Path
+) -> ManagedProcess:
+    """A SuperLink in simulation mode on ``127.0.0.1:port``, owned by the caller."""
+    args = ["--insecure", "--simulation", "--isolation", "subprocess"]
+    args += ["--database", str(home.path / "state.db")]
+    return start_superlink(args, port, log_dir / "superlink.log", home.env())
 
 
 def simulation_config(num_supernodes: int, cpus_per_client: int) -> dict[str, Any]:
@@ -259,35 +251,6 @@ def simulation_config(num_supernodes: int, cpus_per_client: int) -> dict[str, An
         "num-supernodes": num_supernodes,
         "client-resources-num-cpus": cpus_per_client,
     }
-
-
-def start_simulation_superlink(
-    home: FlowerHome, port: int, log_dir: Path
-) -> ManagedProcess:
-    """A SuperLink in simulation mode on ``127.0.0.1:port``, owned by the caller."""
-    command = [
-        flower_bin("flower-superlink"),
-        "--insecure",
-        "--simulation",
-        "--isolation",
-        "subprocess",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--database",
-        str(home.path / "state.db"),
-        "--disable-runtime-dependency-installation",
-    ]
-    process = ManagedProcess.start(
-        "superlink", command, log_dir / "superlink.log", env=home.env()
-    )
-    try:
-        wait_for_port("127.0.0.1", port, 30, process)
-    except BaseException:  # a timeout or Ctrl-C: the caller never gets the process
-        process.stop()
-        raise
-    return process
 
 
 def config_args(values: Mapping[str, Any]) -> str:
@@ -304,6 +267,36 @@ def config_args(values: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
+def flwr_json(home: FlowerHome, *args: str, timeout: float = 60) -> dict[str, Any]:
+    """``flwr <args> --format json`` against ``home``'s SuperLinks, or RuntimeError
+    with Flower's own message.
+
+    Flower's JSON mode reports some failures as ``"success": false`` with exit code
+    0, others as text with a non-zero exit code: both end up here.
+    """
+    try:
+        out = subprocess.run(
+            [flower_bin("flwr"), *args, "--format", "json"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **home.env()},
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"flwr {' '.join(args)} took over {timeout:g}s") from None
+    try:
+        payload = json.loads(out.stdout)
+    except json.JSONDecodeError:
+        payload = {"error-message": (out.stdout + out.stderr).strip()}
+    if out.returncode != 0 or not payload.get("success", False):
+        message = str(payload.get("error-message", payload)).strip()
+        raise RuntimeError(
+            f"flwr {' '.join(args)} failed (exit {out.returncode}): {message}"
+        )
+    return dict(payload)
+
+
 def flwr_run(
     app_dir: Path,
     connection: str,
@@ -315,59 +308,58 @@ def flwr_run(
     timeout: float = 1800,
     echo: bool = False,
 ) -> int:
-    """Submit the app, stream its logs until the run ends, return the run id."""
-    command = [
-        flower_bin("flwr"),
-        "run",
-        str(app_dir),
-        connection,
-        "--stream",
-        "--run-config",
-        config_args(run_config),
-    ]
+    """Submit the app, stream its logs until the run ends, return the run id.
+
+    After ``timeout`` s the CLI is stopped and TimeoutError raised (by a timer: the
+    reading loop only wakes on output, and a hung CLI may print nothing).
+    """
+    command = [flower_bin("flwr"), "run", str(app_dir), connection, "--stream"]
+    command += ["--run-config", config_args(run_config)]
     if federation_config:
         command += ["--federation-config", config_args(federation_config)]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    process = ManagedProcess.start(
+        "flwr run", command, log_path, env=home.env(), pipe=True
+    )
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        process.stop()
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
     run_id: int | None = None
-    with open(log_path, "a") as log_file:
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **home.env()},
-            text=True,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        # The loop below only wakes on output: a silent hang needs a timer.
-        watchdog = threading.Timer(
-            timeout, _signal_group, (process.pid, signal.SIGTERM)
-        )
-        watchdog.daemon = True
-        watchdog.start()
-        assert process.stdout is not None
-        try:
-            for line in process.stdout:
-                log_file.write(line)
+    assert process.popen.stdout is not None
+    try:
+        with open(log_path, "ab") as log_file:
+            for raw in process.popen.stdout:
+                log_file.write(raw)
                 log_file.flush()
+                line = raw.decode(errors="replace")
                 if echo:
                     sys.stdout.write(line)
                     sys.stdout.flush()
                 if run_id is None and "Successfully started run" in line:
                     run_id = int(line.rsplit(" ", 1)[-1])
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"flwr run exceeded {timeout}s; see {log_path}")
-        finally:
-            watchdog.cancel()
-            if process.poll() is None:
-                _signal_group(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
-    if time.monotonic() > deadline:
-        raise TimeoutError(f"flwr run exceeded {timeout}s; see {log_path}")
+    finally:
+        timer.cancel()
+        timer.join()  # a stop() the timer began ends before ours
+        process.stop()
+    if expired.is_set():
+        raise TimeoutError(f"flwr run exceeded {timeout:g}s; see {log_path}")
     if run_id is None:
         raise RuntimeError(f"flwr run did not start a run; see {log_path}")
     return run_id
+
+
+def run_status(connection: str, home: FlowerHome, run_id: int) -> dict[str, Any]:
+    """``flwr list --run-id`` as a dict: ``status`` is e.g. ``finished:completed``."""
+    payload = flwr_json(home, "list", connection, "--run-id", str(run_id))
+    runs = payload.get("runs", [])
+    if not runs:
+        raise RuntimeError(f"flwr list knows no run {run_id}: {payload}")
+    return dict(runs[0])
 
 
 def parse_run_config(text: str, default_output_dir: Path) -> dict[str, Any]:
@@ -395,69 +387,31 @@ def report_outcome(
     return 1
 
 
-def run_status(connection: str, home: FlowerHome, run_id: int) -> dict[str, Any]:
-    """``flwr list --run-id`` as a dict: ``status`` is e.g. ``finished:completed``."""
-    out = subprocess.run(
-        [
-            flower_bin("flwr"),
-            "list",
-            connection,
-            "--run-id",
-            str(run_id),
-            "--format",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **home.env()},
-        timeout=60,
-        check=False,
-    )
-    try:
-        payload = json.loads(out.stdout)
-    except json.JSONDecodeError as error:
-        raise RuntimeError(
-            f"flwr list gave no JSON: {out.stdout}{out.stderr}"
-        ) from error
-    runs = payload.get("runs", [])
-    if not runs:
-        raise RuntimeError(f"flwr list knows no run {run_id}: {payload}")
-    return runs[0]
-
-
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt, so ``finally`` blocks stop the processes.
-
-    Only in the main thread (where Python delivers signals); elsewhere a no-op.
-    """
+def _handling(handler: Any, *signals: signal.Signals) -> Iterator[None]:
+    """``handler`` for ``signals`` meanwhile. Only in the main thread (where Python
+    delivers signals); elsewhere a no-op."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
-@contextmanager
-def uninterruptible() -> Iterator[None]:
-    """Ignore SIGINT and SIGTERM meanwhile: a second Ctrl-C must not cut clean-up short.
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
-    Only in the main thread (where Python delivers signals); elsewhere a no-op.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    stops = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in stops}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+def sigterm_as_interrupt() -> AbstractContextManager[None]:
+    """Turn SIGTERM into KeyboardInterrupt, so ``finally`` blocks stop the processes."""
+    return _handling(_interrupt, signal.SIGTERM)
+
+
+def uninterruptible() -> AbstractContextManager[None]:
+    """Ignore SIGINT and SIGTERM meanwhile: a second Ctrl-C must not cut clean-up
+    short."""
+    return _handling(signal.SIG_IGN, signal.SIGINT, signal.SIGTERM)
