@@ -1,0 +1,285 @@
+r"""Time the app against a single-process loop doing the same SGD steps.
+
+    .venv/bin/python scripts/benchmark.py                # workload W, 10 rounds
+    .venv/bin/python scripts/benchmark.py --clients-per-round 10,50,100 \
+        --num-supernodes 100,1000                        # a scaling series
+
+Workload W: Fashion-MNIST (``/usr/share/datasets/fashion-mnist``), the 2NN, IID,
+E = 1, B = 10, seed 42; by default 100 virtual clients and 10 a round (C = 0.1).
+
+(a) **the app**: ``flwr run`` in Flower's simulation, on a SuperLink this script
+    starts first (so start-up below counts from ``flwr run``, not from the SuperLink);
+(b) **the reference**: one process, one torch thread, the same clients sampled with
+    the same seeds, the same local SGD (``fl_app.training.train``), the same weighted
+    average of ``w_t + delta_k`` in partition order, the same central evaluation.
+
+For both: seconds per steady round (the median of rounds 2..R) and their ratio, the
+time from the command's start to the end of round 1, the whole run, the peak of the
+summed PSS of every process involved (sampled every 0.25 s by psutil, not read off
+RSS), bytes per round down and up (the app's serialized tensors; the reference moves
+none), and the final accuracy (they must agree within 1 point). A table is printed
+and the numbers go to ``<out>/benchmark.json``. Each measurement runs once: time the
+two in one invocation and quote their ratio, since this machine's speed drifts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from fl_app.config import RunConfig
+from fl_app.data import client_data, load_split
+from fl_app.model import build_model, get_weights, set_weights
+from fl_app.results import HISTORY_JSON, read_history, write_json
+from fl_app.runner import (
+    FlowerHome,
+    flwr_run,
+    free_port,
+    run_status,
+    sigterm_as_interrupt,
+    simulation_config,
+    start_simulation_superlink,
+    uninterruptible,
+)
+from fl_app.training import evaluate, seeded_generator, train
+
+APP_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+class PssSampler:
+    """Peak of the summed PSS of every process started after it (and of this one):
+    what the run costs in memory, shared pages counted once."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.before = {p.pid for p in psutil.process_iter()} - {psutil.Process().pid}
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            total = 0
+            for process in psutil.process_iter():
+                if process.pid in self.before:
+                    continue
+                try:
+                    total += process.memory_full_info().pss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+
+
+def steady(seconds: list[float]) -> float:
+    """The median round time from round 2 on (round 1 also pays for start-up)."""
+    return statistics.median(seconds[1:]) if len(seconds) > 1 else math.nan
+
+
+def run_app(config: RunConfig, num_supernodes: int, out: Path) -> dict[str, Any]:
+    """The app through ``flwr run`` on a SuperLink started beforehand."""
+    run_config = {
+        key: value
+        for key, value in config.to_flower().items()
+        if key in ("num-server-rounds", "fraction-fit", "min-available-clients")
+        or key in ("dataset", "data-dir", "seed", "output-dir")
+    }
+    with tempfile.TemporaryDirectory(prefix="fl-bench-") as tmp:
+        home = FlowerHome(Path(tmp))
+        port = free_port()
+        home.add_connection("bench", f"127.0.0.1:{port}")
+        superlink = start_simulation_superlink(home, port, out / "logs")
+        try:
+            with PssSampler() as memory:
+                round_1_done: list[float] = []
+                started = time.monotonic()
+                watcher = threading.Thread(
+                    target=_watch_round_1,
+                    args=(Path(config.output_dir), started, round_1_done),
+                    daemon=True,
+                )
+                watcher.start()
+                run_id = flwr_run(
+                    APP_DIR,
+                    "bench",
+                    home,
+                    run_config,
+                    log_path=out / "logs" / f"run-{num_supernodes}.log",
+                    federation_config=simulation_config(num_supernodes, 1),
+                    timeout=3600,
+                )
+                whole = time.monotonic() - started
+            status = run_status("bench", home, run_id)
+        finally:
+            with uninterruptible():
+                superlink.stop()
+    if status.get("status") != "finished:completed":
+        raise RuntimeError(f"run {run_id}: {status}")
+    (run_dir,) = Path(config.output_dir).glob(f"*-run{run_id}")
+    rows = read_history(run_dir)
+    return {
+        "steady_round_s": steady([r["round_seconds"] for r in rows[1:]]),
+        "to_round_1_s": round_1_done[0] if round_1_done else math.nan,
+        "whole_s": whole,
+        "peak_pss_mib": memory.peak / 2**20,
+        "bytes_down_per_round": statistics.mean(r["bytes_sent"] for r in rows[1:]),
+        "bytes_up_per_round": statistics.mean(r["bytes_received"] for r in rows[1:]),
+        "final_accuracy": rows[-1]["test_accuracy"],
+    }
+
+
+def _watch_round_1(output_dir: Path, started: float, found: list[float]) -> None:
+    """The moment round 1's row reaches history.json (the run writes it then)."""
+    while time.monotonic() - started < 3600:
+        for path in output_dir.glob(f"*/{HISTORY_JSON}"):
+            try:
+                if len(json.loads(path.read_text())) >= 2:
+                    found.append(time.monotonic() - started)
+                    return
+            except (OSError, ValueError):
+                pass
+        time.sleep(0.05)
+
+
+def run_reference(config: RunConfig, num_clients: int) -> dict[str, Any]:
+    """FedAvg in one process, one thread: the app's sampling, training, averaging."""
+    import torch
+
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    with PssSampler() as memory:
+        test = load_split(config.dataset, config.data_dir, "test")
+        model = build_model(config.model, seed=config.seed)
+        weights = get_weights(model)
+        per_client = max(config.min_fit_clients, int(num_clients * config.fraction_fit))
+        seconds, round_1_done = [], math.nan
+        for server_round in range(1, config.num_server_rounds + 1):
+            round_started = time.monotonic()
+            rng = np.random.default_rng([config.seed, server_round, 0])
+            chosen = np.sort(rng.choice(num_clients, size=per_client, replace=False))
+            total, summed = 0, [np.zeros_like(w, dtype=np.float32) for w in weights]
+            for pid in chosen.tolist():
+                data, _ = client_data(
+                    config.dataset,
+                    config.data_dir,
+                    config.partitioner,
+                    pid,
+                    num_clients,
+                    alpha=config.dirichlet_alpha,
+                    val_fraction=config.val_fraction,
+                    seed=config.seed,
+                )
+                set_weights(model, weights)
+                train(
+                    model,
+                    data,
+                    epochs=config.local_epochs,
+                    batch_size=config.batch_size,
+                    lr=config.learning_rate,
+                    generator=seeded_generator(config.seed, server_round, pid),
+                )
+                for s, new, old in zip(
+                    summed, get_weights(model), weights, strict=True
+                ):
+                    s += len(data) * (old + (new - old))
+                total += len(data)
+            weights = [(s / total).astype(np.float32) for s in summed]
+            set_weights(model, weights)
+            evaluate(model, test)
+            seconds.append(time.monotonic() - round_started)
+            if server_round == 1:
+                round_1_done = time.monotonic() - started
+        accuracy = evaluate(model, test)[1]
+    return {
+        "steady_round_s": steady(seconds),
+        "to_round_1_s": round_1_done,
+        "whole_s": time.monotonic() - started,
+        "peak_pss_mib": memory.peak / 2**20,
+        "bytes_down_per_round": 0,
+        "bytes_up_per_round": 0,
+        "final_accuracy": accuracy,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--num-supernodes", default="100", help="comma-separated")
+    parser.add_argument("--clients-per-round", default="10", help="comma-separated")
+    parser.add_argument("--data-dir", default=DATA_DIR)
+    parser.add_argument("--out", type=Path, default=Path("outputs/benchmark"))
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    rows = []
+    with sigterm_as_interrupt():
+        for clients in (int(n) for n in args.num_supernodes.split(",")):
+            for per_round in (int(n) for n in args.clients_per_round.split(",")):
+                config = RunConfig(
+                    num_server_rounds=args.rounds,
+                    fraction_fit=per_round / clients,
+                    min_available_clients=clients,
+                    dataset="fashion-mnist",
+                    data_dir=args.data_dir,
+                    output_dir=str(out / f"runs-{clients}-{per_round}"),
+                )
+                app = run_app(config, clients, out)
+                reference = run_reference(config, clients)
+                rows.append(
+                    {
+                        "clients": clients,
+                        "per_round": per_round,
+                        "app": app,
+                        "reference": reference,
+                    }
+                )
+                write_json(out / "benchmark.json", rows)
+                print(_table(rows), flush=True)
+    return 0
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| clients | a round | steady s/round app / ref (ratio) | to round 1 app / ref"
+        " | whole run app / ref | peak PSS MiB app / ref | MB down / up a round"
+        " | accuracy app / ref |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        a, r = row["app"], row["reference"]
+        lines.append(
+            f"| {row['clients']} | {row['per_round']} "
+            f"| {a['steady_round_s']:.2f} / {r['steady_round_s']:.2f} "
+            f"({a['steady_round_s'] / r['steady_round_s']:.2f}) "
+            f"| {a['to_round_1_s']:.1f} / {r['to_round_1_s']:.1f} s "
+            f"| {a['whole_s']:.1f} / {r['whole_s']:.1f} s "
+            f"| {a['peak_pss_mib']:.0f} / {r['peak_pss_mib']:.0f} "
+            f"| {a['bytes_down_per_round'] / 1e6:.2f} / "
+            f"{a['bytes_up_per_round'] / 1e6:.2f} "
+            f"| {100 * a['final_accuracy']:.2f}% / {100 * r['final_accuracy']:.2f}% |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
