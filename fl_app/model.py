@@ -52,3 +52,8 @@ def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
             )
         new_state[key] = torch.as_tensor(np.asarray(array), dtype=current.dtype)
     model.load_state_dict(new_state, strict=True)
+
+
+def update_norm(arrays: list[np.ndarray]) -> float:
+    """The L2 norm of all arrays taken as one vector (summed in float64)."""
+    return float(np.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in arrays)))

@@ -31,11 +31,12 @@ from dp_accounting import dp_event, privacy_accountant, rdp
 from flwr.common import NDArrays
 
 from fl_app.config import DpConfig
+from fl_app.model import update_norm
 
 
 def clip(update: NDArrays, clip_norm: float) -> NDArrays:
     """``update * min(1, S / ||update||)``: the whole update as one vector."""
-    norm = math.sqrt(sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update))
+    norm = update_norm(update)
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     return [(u * scale).astype(u.dtype) for u in update]
 

@@ -97,12 +97,9 @@ def steady(seconds: list[float]) -> float:
 
 def run_app(config: RunConfig, num_supernodes: int, out: Path) -> dict[str, Any]:
     """The app through ``flwr run`` on a SuperLink started beforehand."""
-    run_config = {
-        key: value
-        for key, value in config.to_flower().items()
-        if key in ("num-server-rounds", "fraction-fit", "min-available-clients")
-        or key in ("dataset", "data-dir", "seed", "output-dir")
-    }
+    keys = ("num-server-rounds", "fraction-fit", "min-available-clients", "dataset")
+    keys += ("data-dir", "seed", "output-dir")
+    run_config = {key: config.to_flower()[key] for key in keys}
     with tempfile.TemporaryDirectory(prefix="fl-bench-") as tmp:
         home = FlowerHome(Path(tmp))
         port = free_port()

@@ -30,6 +30,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any, ClassVar
@@ -242,13 +243,13 @@ class BaseStrategy(FlowerFedAvg):
     # ------------------------------------------------------------- seeded sampling
     def sample_clients(
         self,
-        client_manager: ClientManager,
+        known: list[ClientProxy],
         server_round: int,
         num_clients: int,
         salt: int,
     ) -> list[ClientProxy]:
-        """Choose clients reproducibly: a seeded draw over clients by partition."""
-        known = self.known_clients(client_manager, server_round)
+        """Choose clients reproducibly: a seeded draw over ``known`` (the connected
+        clients in partition order, from ``known_clients``)."""
         if salt == _FIT:
             self._population = len(known)  # K of the DP accountant's m of K
         rng = np.random.default_rng([self.config.seed, server_round, salt])
@@ -620,8 +621,13 @@ class _SeededDraw(ClientManager):
         self.server_round = server_round
         self.salt = salt
 
+    @cached_property
+    def known(self) -> list[ClientProxy]:
+        """Looked up once: Flower asks ``num_available`` and then ``sample``."""
+        return self.strategy.known_clients(self.manager, self.server_round)
+
     def num_available(self) -> int:
-        return len(self.strategy.known_clients(self.manager, self.server_round))
+        return len(self.known)
 
     def sample(
         self,
@@ -630,7 +636,7 @@ class _SeededDraw(ClientManager):
         criterion: Criterion | None = None,
     ) -> list[ClientProxy]:
         return self.strategy.sample_clients(
-            self.manager, self.server_round, num_clients, self.salt
+            self.known, self.server_round, num_clients, self.salt
         )
 
     def register(self, client: ClientProxy) -> bool:

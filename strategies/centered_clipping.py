@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from flwr.common import NDArrays
 
+from fl_app.model import update_norm
 from strategies.base import BaseStrategy, ClientUpdate
-from strategies.validation import update_norm
 
 
 class CenteredClipping(BaseStrategy):

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.common import FitRes, NDArrays, parameters_to_ndarrays
 
+from fl_app.model import update_norm
+
 # One history column each: rejected_<reason>.
 REASONS = (
     "undecodable",
@@ -49,11 +51,6 @@ class Rejected(ValueError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
-
-
-def update_norm(arrays: NDArrays) -> float:
-    """The L2 norm of all arrays taken as one vector (in float64)."""
-    return float(np.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in arrays)))
 
 
 def checked_arrays(
