@@ -131,17 +131,54 @@ def _model(name: str) -> nn.Module:
     return build_model(name)
 
 
-def client_fn(context: Context) -> Client:
-    """The client for this node's partition (``partition-id`` of ``num-partitions``)."""
-    config = RunConfig.from_flower(context.run_config)
+class NodeClient(NumPyClient):
+    """What ``client_fn`` returns: each message is handled by the ``FlowerClient`` of
+    the partition it concerns.
+
+    That partition is the one the message names (``partition-id`` in its config,
+    when the server deals partitions: ``partition-source = "server"``, simulation),
+    else the node's own ``--node-config`` (deployment). Data is only loaded once the
+    message says which partition, so a node never loads one it will not train.
+    """
+
+    def __init__(self, context: Context) -> None:
+        self.node = context
+        self.config = RunConfig.from_flower(context.run_config)
+
+    def client_for(self, message_config: dict[str, Scalar]) -> FlowerClient:
+        partition_id, num_partitions = _partition(self.node, message_config)
+        return build_client(self.config, partition_id, num_partitions, self.node.state)
+
+    def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
+        return self.client_for(config).get_properties(config)
+
+    def fit(
+        self, parameters: NDArrays, config: dict[str, Scalar]
+    ) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        return self.client_for(config).fit(parameters, config)
+
+    def evaluate(
+        self, parameters: NDArrays, config: dict[str, Scalar]
+    ) -> tuple[float, int, dict[str, Scalar]]:
+        return self.client_for(config).evaluate(parameters, config)
+
+
+def _partition(node: Context, message_config: dict[str, Scalar]) -> tuple[int, int]:
+    """(partition-id, num-partitions): the message's, else the node's own."""
+    source = message_config if "partition-id" in message_config else node.node_config
     try:
-        partition_id = int(context.node_config["partition-id"])
-        num_partitions = int(context.node_config["num-partitions"])
+        return int(source["partition-id"]), int(source["num-partitions"])
     except KeyError as missing:
         raise ValueError(
             f"node config lacks {missing}; start the SuperNode with "
             '--node-config "partition-id=<i> num-partitions=<N>"'
         ) from None
+
+
+def build_client(
+    config: RunConfig, partition_id: int, num_partitions: int, state: RecordDict
+) -> FlowerClient:
+    """The client of one partition (its data split by the run's seed)."""
     train_data, val_data = client_data(
         config.dataset,
         config.data_dir,
@@ -157,18 +194,22 @@ def client_fn(context: Context) -> Client:
         if config.attack.enabled
         else frozenset()
     )
-    client = FlowerClient(
+    return FlowerClient(
         _model(config.model),
         train_data,
         val_data,
         partition_id,
         num_partitions=num_partitions,
-        state=context.state,
+        state=state,
         attack=config.attack if partition_id in attackers else None,
     )
-    return client.to_client()
+
+
+def client_fn(context: Context) -> Client:
+    """The node's client; the run config is read and validated here, once."""
+    return NodeClient(context).to_client()
 
 
 app = ClientApp(client_fn=client_fn)
 
-__all__ = ["FlowerClient", "app", "client_fn"]
+__all__ = ["FlowerClient", "NodeClient", "app", "build_client", "client_fn"]

@@ -24,6 +24,9 @@ MODELS = ("mlp", "2nn")
 ATTACKS = ("none", "label-flip", "sign-flip", "gaussian-noise", "scale")
 DATASETS = ("mnist", "fashion-mnist")
 PARTITIONERS = ("iid", "dirichlet", "shards")
+# Who says which partition a node trains: the server, dealing partition p to the p-th
+# node by node id (simulation), or the node, from its own --node-config (deployment).
+PARTITION_SOURCES = ("server", "node")
 
 
 KeyName = Callable[[str], str]  # a group's field name -> its dotted run-config key
@@ -217,10 +220,12 @@ class RunConfig:
     dataset: str = "mnist"
     data_dir: str = ""
     partitioner: str = "iid"
+    partition_source: str = "server"
     dirichlet_alpha: float = 0.5
     val_fraction: float = 0.1
     seed: int = 42
     strategy: str = "fedavg"
+    stop_at_accuracy: float = 0.0
     output_dir: str = "outputs"
     fedprox: FedProxConfig = field(default_factory=FedProxConfig)
     fedavgm: FedAvgMConfig = field(default_factory=FedAvgMConfig)
@@ -310,6 +315,12 @@ class RunConfig:
         _one_of("model", self.model, MODELS)
         _one_of("dataset", self.dataset, DATASETS)
         _one_of("partitioner", self.partitioner, PARTITIONERS)
+        _one_of("partition-source", self.partition_source, PARTITION_SOURCES)
+        if not 0 <= self.stop_at_accuracy <= 1:
+            raise ConfigError(
+                "stop-at-accuracy",
+                f"must be in [0, 1] (0 = off), got {self.stop_at_accuracy}",
+            )
         if not self.dirichlet_alpha > 0:
             raise ConfigError(
                 "dirichlet-alpha", f"must be > 0, got {self.dirichlet_alpha}"

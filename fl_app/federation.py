@@ -267,7 +267,12 @@ class Federation:
         echo: bool = False,
         timeout: float = 1800,
     ) -> RunResult:
-        """``flwr run`` the app, stream its log until it ends, read its status."""
+        """``flwr run`` the app, stream its log until it ends, read its status.
+
+        The nodes here each hold their own partition (``--node-config``), so the
+        server asks them (``partition-source = "node"``) unless told otherwise.
+        """
+        run_config = {"partition-source": "node", **run_config}
         self._runs += 1
         log_path = self.log_dir / f"run-{self._runs}.log"
         run_id = flwr_run(

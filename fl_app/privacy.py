@@ -27,7 +27,6 @@ import math
 from collections import Counter
 
 import numpy as np
-from dp_accounting import dp_event, privacy_accountant, rdp
 from flwr.common import NDArrays
 
 from fl_app.config import DpConfig
@@ -76,6 +75,10 @@ class PrivacyLedger:
             rounds[extra] += 1
         if not rounds:
             return 0.0
+        # Imported here: dp-accounting takes seconds to import, and every process
+        # that reads the run config imports this module (a deployed client too).
+        from dp_accounting import dp_event, privacy_accountant, rdp
+
         accountant = rdp.RdpAccountant(
             neighboring_relation=privacy_accountant.NeighboringRelation.REPLACE_ONE
         )

@@ -29,11 +29,11 @@ from __future__ import annotations
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from logging import INFO, WARNING
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from flwr.common import (
@@ -64,6 +64,8 @@ from fl_app.model import build_model, get_weights, set_weights
 from fl_app.privacy import PrivacyLedger, privatize
 from fl_app.training import evaluate
 from strategies.validation import REASONS, Layout, Rejected, checked_arrays
+
+_Ins = TypeVar("_Ins", FitIns, EvaluateIns)
 
 # Salts that keep the seeded draws of one round independent.
 _FIT, _EVALUATE, _DP_NOISE = 0, 1, 2
@@ -217,9 +219,12 @@ class BaseStrategy(FlowerFedAvg):
             return []
         self.global_weights = parameters_to_ndarrays(parameters)
         sampler = _SeededDraw(self, client_manager, server_round, _FIT)
-        instructions = super().configure_fit(
-            server_round, self.fit_parameters(parameters), sampler
-        )
+        instructions = [
+            (client, self._addressed(client, ins))
+            for client, ins in super().configure_fit(
+                server_round, self.fit_parameters(parameters), sampler
+            )
+        ]
         if self.privacy is not None and self._over_budget(len(instructions)):
             return []
         attackers = self._attackers()
@@ -238,7 +243,12 @@ class BaseStrategy(FlowerFedAvg):
         if self.stop_reason is not None:
             return []
         sampler = _SeededDraw(self, client_manager, server_round, _EVALUATE)
-        return super().configure_evaluate(server_round, parameters, sampler)
+        return [
+            (client, self._addressed(client, ins))
+            for client, ins in super().configure_evaluate(
+                server_round, parameters, sampler
+            )
+        ]
 
     # ------------------------------------------------------------- seeded sampling
     def sample_clients(
@@ -271,10 +281,40 @@ class BaseStrategy(FlowerFedAvg):
                 "or lower 'min-available-clients'"
             )
         available = client_manager.all()
-        self._learn_partitions(available, server_round)
+        if self.config.partition_source == "server":
+            self._deal_partitions(available)
+        else:
+            self._learn_partitions(available, server_round)
         known = [c for cid, c in available.items() if cid in self._partition_of]
         known.sort(key=lambda client: self._partition_of[client.cid])
         return known
+
+    def _deal_partitions(self, available: dict[str, ClientProxy]) -> None:
+        """Partition p to the p-th connected node by node id, without a message.
+
+        Node ids are random, but the draw is over partitions, so the same seed
+        samples the same partitions and gives the same history. A node keeps its
+        partition (and its ``Context.state``) for the run while the nodes stay.
+        """
+        if available.keys() == self._partition_of.keys():
+            return
+        if self._partition_of:
+            log(WARNING, "the connected nodes changed: partitions dealt again")
+        nodes = sorted(available, key=_node_order)
+        self._partition_of = {cid: p for p, cid in enumerate(nodes)}
+        self._num_partitions = len(nodes)
+
+    def _addressed(self, client: ClientProxy, ins: _Ins) -> _Ins:
+        """The instructions for one client, naming its partition when the server
+        deals them (Flower shares one ``FitIns`` between all clients)."""
+        if self.config.partition_source != "server":
+            return ins
+        config = {
+            **ins.config,
+            "partition-id": self.partition_of(client),
+            "num-partitions": self._num_partitions,
+        }
+        return replace(ins, config=config)
 
     def _learn_partitions(
         self, available: dict[str, ClientProxy], server_round: int
@@ -507,6 +547,13 @@ class BaseStrategy(FlowerFedAvg):
         if self.privacy is not None and server_round == 0:
             record.epsilon = 0.0
         self.history.append(record)
+        target = self.config.stop_at_accuracy
+        if server_round > 0 and target > 0 and accuracy >= target:
+            self.stop_reason = (
+                f"stop-at-accuracy: round {server_round} reached test accuracy "
+                f"{accuracy:.4f} >= {target:g}"
+            )
+            log(INFO, "stopping: %s", self.stop_reason)
         self._save()
         self._log_progress(record)
         return loss, {"accuracy": accuracy}
@@ -660,6 +707,11 @@ def _new_record(server_round: int) -> outputs.RoundRecord:
         test_accuracy=math.nan,
         rejected=dict.fromkeys(REASONS, 0),
     )
+
+
+def _node_order(cid: str) -> tuple[int, int, str]:
+    """Node ids are integers (as strings); order them numerically."""
+    return (0, int(cid), "") if cid.isdigit() else (1, 0, cid)
 
 
 def _all_finite(arrays: NDArrays) -> bool:

@@ -37,7 +37,9 @@ Results = list[tuple[ClientProxy, FitRes]]
 
 
 def make_strategy(mnist_dir: Path, **changes: object) -> strategies.FedAvg:
-    config = RunConfig(dataset="mnist", data_dir=str(mnist_dir)).replace(**changes)
+    config = RunConfig(
+        dataset="mnist", data_dir=str(mnist_dir), partition_source="node"
+    ).replace(**changes)
     return strategies.FedAvg(config, run_dir=None)
 
 

@@ -127,7 +127,7 @@ def test_client_fn_makes_exactly_the_drawn_partitions_attack(
             run_config=run_config,
         )
         client = client_fn(context)
-        roles.append(client.numpy_client.attack is not None)  # type: ignore[attr-defined]
+        roles.append(client.numpy_client.client_for({}).attack is not None)  # type: ignore[attr-defined]
     assert {pid for pid, attacks in enumerate(roles) if attacks} == attackers
 
 
@@ -136,6 +136,7 @@ def test_server_counts_the_sampled_attackers(mnist_dir: Path) -> None:
         dataset="mnist",
         data_dir=str(mnist_dir),
         model="mlp",
+        partition_source="node",
         fraction_fit=0.5,
         seed=5,
     ).replace(attack=AttackConfig(kind="sign-flip", fraction=0.3))

@@ -273,8 +273,9 @@ def test_client_fn_builds_the_nodes_client(
 def test_client_fn_without_node_config_explains_the_flag(
     run_config: dict[str, Any], node_config: dict[str, Any]
 ) -> None:
+    client = client_fn(make_context(run_config, node_config))
     with pytest.raises(ValueError, match="--node-config"):
-        client_fn(make_context(run_config, node_config))
+        client.get_properties(GetPropertiesIns({}))
 
 
 def test_client_fn_rejects_a_partition_outside_the_range(
@@ -284,7 +285,26 @@ def test_client_fn_rejects_a_partition_outside_the_range(
         run_config, {"partition-id": NUM_PARTITIONS, "num-partitions": NUM_PARTITIONS}
     )
     with pytest.raises(ValueError, match="partition-id"):
-        client_fn(context)
+        client_fn(context).get_properties(GetPropertiesIns({}))
+
+
+def test_a_message_naming_a_partition_trains_that_partition(
+    mnist_dir: Path, run_config: dict[str, Any], global_weights: NDArrays
+) -> None:
+    """partition-source = "server": the fit config names the partition, whatever
+    partition the node's own config says."""
+    context = make_context(run_config, {"partition-id": 0, "num-partitions": 1})
+    config = {**FIT_CONFIG, "partition-id": 2, "num-partitions": NUM_PARTITIONS}
+    res = client_fn(context).fit(
+        FitIns(ndarrays_to_parameters(global_weights), dict(config))
+    )
+    train, val = _client_data(mnist_dir, 2)
+    assert res.num_examples == len(train)
+    assert res.metrics["partition_id"] == 2
+    expected, _, _ = FlowerClient(build_model("2nn"), train, val, 2).fit(
+        global_weights, dict(config)
+    )
+    assert same(parameters_to_ndarrays(res.parameters), expected)
 
 
 def test_client_fn_validates_the_run_config(run_config: dict[str, Any]) -> None:

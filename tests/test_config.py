@@ -76,6 +76,9 @@ def test_every_field_is_settable_from_pyproject(app_config: dict[str, Any]) -> N
 
 BAD_VALUES: list[tuple[str, Any]] = [
     ("model", "cnn"),
+    ("partition-source", "nodes"),
+    ("stop-at-accuracy", 1.5),
+    ("stop-at-accuracy", -0.1),
     ("model", 2),
     ("fraction-fit", 0),
     ("fraction-fit", 0.0),

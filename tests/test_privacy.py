@@ -182,7 +182,9 @@ def make_strategy(
     mnist_dir: Path, run_dir: Path | None = None, **dp: float
 ) -> tuple[strategies.FedAvg, SimpleClientManager]:
     """FedAvg (mlp) with DP on, over K FakeNodes, sampling m = 0.25 K per round."""
-    config = RunConfig(dataset="mnist", data_dir=str(mnist_dir), model="mlp").replace(
+    config = RunConfig(
+        dataset="mnist", data_dir=str(mnist_dir), model="mlp", partition_source="node"
+    ).replace(
         fraction_fit=0.25,
         fraction_evaluate=0.25,
         min_fit_clients=2,
@@ -448,7 +450,9 @@ def test_dp_noise_cannot_be_regenerated_from_the_run_config(
 def test_dp_with_a_robust_strategy_is_refused(mnist_dir: Path, name: str) -> None:
     """Central DP cannot wrap a rule whose sensitivity is not S/m (the robust rules;
     SCAFFOLD's control variates): ConfigError naming 'dp.clip-norm'."""
-    base = RunConfig(dataset="mnist", data_dir=str(mnist_dir), model="mlp")
+    base = RunConfig(
+        dataset="mnist", data_dir=str(mnist_dir), model="mlp", partition_source="node"
+    )
     with pytest.raises(ConfigError, match=r"dp\.clip-norm") as caught:
         base.replace(strategy=name, dp=dp_config())
     assert caught.value.key == "dp.clip-norm"
@@ -461,7 +465,9 @@ def test_dp_delta_outside_the_open_unit_interval_is_refused(
     mnist_dir: Path, delta: float
 ) -> None:
     """dp.delta must be in (0, 1): ConfigError naming 'dp.delta'."""
-    base = RunConfig(dataset="mnist", data_dir=str(mnist_dir), model="mlp")
+    base = RunConfig(
+        dataset="mnist", data_dir=str(mnist_dir), model="mlp", partition_source="node"
+    )
     with pytest.raises(ConfigError, match=r"dp\.delta") as caught:
         base.replace(dp=dp_config(delta=delta))
     assert caught.value.key == "dp.delta"

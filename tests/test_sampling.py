@@ -52,6 +52,7 @@ def make_strategy(mnist_dir: Path, **changes: object) -> strategies.FedAvg:
     base = RunConfig(
         dataset="mnist",
         data_dir=str(mnist_dir),
+        partition_source="node",
         fraction_fit=0.25,
         min_fit_clients=2,
         min_available_clients=2,
@@ -192,3 +193,76 @@ def test_an_infinite_timeout_is_refused_before_sampling(mnist_dir: Path) -> None
     """inf would reach ``wait_for``'s integer timeout; the config refuses it first."""
     with pytest.raises(ConfigError, match="'min-available-timeout'"):
         make_strategy(mnist_dir, min_available_timeout=math.inf)
+
+
+# ------------------------------------------------- partition-source = "server"
+def dealt_partitions(
+    strategy: strategies.FedAvg, manager: SimpleClientManager, server_round: int
+) -> list[int]:
+    """The partitions the server's instructions name, checked against its record."""
+    chosen = strategy.configure_fit(server_round, parameters_of(strategy), manager)
+    named = []
+    for proxy, ins in chosen:
+        assert ins.config["partition-id"] == strategy.partition_of(proxy)
+        assert ins.config["num-partitions"] == len(manager.all())
+        named.append(int(ins.config["partition-id"]))
+    return named
+
+
+def test_the_server_deals_partitions_without_asking_any_node(mnist_dir: Path) -> None:
+    manager, nodes = make_manager(NUM_NODES, shuffle_seed=4)
+    strategy = make_strategy(mnist_dir, partition_source="server")
+    for server_round in (1, 2, 3):
+        dealt_partitions(strategy, manager, server_round)
+    assert all(node.property_calls == 0 for node in nodes)
+    by_id = sorted(nodes, key=lambda node: int(node.cid))
+    assert [strategy.partition_of(node) for node in by_id] == list(range(NUM_NODES))
+
+
+def test_dealt_partitions_follow_the_seed_not_the_node_ids(mnist_dir: Path) -> None:
+    """Other node ids, same seed: the same partitions, as when nodes are asked."""
+    manager_a, _ = make_manager(NUM_NODES, shuffle_seed=5)
+    manager_b, _ = make_manager(NUM_NODES, shuffle_seed=6)
+    dealt_a = make_strategy(mnist_dir, seed=3, partition_source="server")
+    dealt_b = make_strategy(mnist_dir, seed=3, partition_source="server")
+    asked = make_strategy(mnist_dir, seed=3)
+    for server_round in range(1, 5):
+        partitions = dealt_partitions(dealt_a, manager_a, server_round)
+        assert partitions == dealt_partitions(dealt_b, manager_b, server_round)
+        assert partitions == fit_partitions(asked, manager_a, server_round)
+
+
+def test_evaluate_instructions_name_the_partition(mnist_dir: Path) -> None:
+    manager, _ = make_manager(NUM_NODES, shuffle_seed=7)
+    strategy = make_strategy(
+        mnist_dir, partition_source="server", fraction_evaluate=0.5
+    )
+    chosen = strategy.configure_evaluate(1, parameters_of(strategy), manager)
+    assert len(chosen) == NUM_NODES // 2
+    for proxy, ins in chosen:
+        assert ins.config["partition-id"] == strategy.partition_of(proxy)
+
+
+def test_dealing_is_cheap_with_ten_thousand_nodes(mnist_dir: Path) -> None:
+    """No message per node, and a round's draw costs milliseconds, not minutes."""
+    manager, nodes = make_manager(10_000, shuffle_seed=8)
+    strategy = make_strategy(mnist_dir, partition_source="server", fraction_fit=0.01)
+    started = time.perf_counter()
+    for server_round in (1, 2):
+        assert len(dealt_partitions(strategy, manager, server_round)) == 100
+    assert time.perf_counter() - started < 5.0
+    assert sum(node.property_calls for node in nodes) == 0
+
+
+@pytest.mark.parametrize(("target", "stops"), [(0.01, True), (1.0, False)])
+def test_stop_at_accuracy_ends_the_run_once_reached(
+    mnist_dir: Path, target: float, stops: bool
+) -> None:
+    manager, _ = make_manager(NUM_NODES, shuffle_seed=9)
+    strategy = make_strategy(mnist_dir, stop_at_accuracy=target)
+    assert fit_partitions(strategy, manager, 1)
+    result = strategy.evaluate(1, parameters_of(strategy))
+    assert result is not None
+    assert result[1]["accuracy"] > 0.01  # an untrained 10-class model: about 0.1
+    assert (strategy.stop_reason is not None) == stops
+    assert bool(fit_partitions(strategy, manager, 2)) != stops

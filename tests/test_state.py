@@ -42,6 +42,7 @@ def make(mnist_dir: Path, name: str, **changes: object) -> BaseStrategy:
         dataset="mnist",
         data_dir=str(mnist_dir),
         model="mlp",
+        partition_source="node",
         strategy=name,
         fraction_fit=1.0,
         min_available_timeout=1.0,

@@ -135,6 +135,7 @@ def run_config(mnist_dir: Path, **changes: object) -> RunConfig:
         dataset="mnist",
         data_dir=str(mnist_dir),
         model="mlp",
+        partition_source="node",
         fraction_fit=1.0,
         min_available_timeout=1.0,
     )

@@ -58,7 +58,9 @@ def make_strategy(
         "validation": ValidationConfig(max_num_examples=MAX_EXAMPLES),
     }
     settings.update(changes)
-    config = RunConfig(dataset="mnist", data_dir=str(mnist_dir), model="mlp")
+    config = RunConfig(
+        dataset="mnist", data_dir=str(mnist_dir), model="mlp", partition_source="node"
+    )
     strategy = strategies.FedAvg(config.replace(**settings), run_dir=run_dir)
     manager = SimpleClientManager()
     for k in range(num_nodes):
