@@ -21,6 +21,7 @@ from torch import nn
 
 from fl_app.attacks import attacking_partitions, flip_labels, poison_update
 from fl_app.client_parts import ClientPart, client_part
+from fl_app.client_state import NodeStore
 from fl_app.config import AttackConfig, RunConfig
 from fl_app.data import Split, client_data
 from fl_app.model import build_model, get_weights, set_weights
@@ -145,9 +146,13 @@ class NodeClient(NumPyClient):
         self.node = context
         self.config = RunConfig.from_flower(context.run_config)
 
-    def client_for(self, message_config: dict[str, Scalar]) -> FlowerClient:
+    def client_for(
+        self, message_config: dict[str, Scalar], state: RecordDict | None = None
+    ) -> FlowerClient:
         partition_id, num_partitions = _partition(self.node, message_config)
-        return build_client(self.config, partition_id, num_partitions, self.node.state)
+        if state is None:
+            state = self.node.state
+        return build_client(self.config, partition_id, num_partitions, state)
 
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         return self.client_for(config).get_properties(config)
@@ -155,7 +160,18 @@ class NodeClient(NumPyClient):
     def fit(
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[NDArrays, int, dict[str, Scalar]]:
-        return self.client_for(config).fit(parameters, config)
+        """Train; state that outlives the round goes to the node's own store when
+        the message names an experiment (``fl_app.client_state``), which is what
+        lets a resumed run find it, else to ``Context.state``."""
+        partition_id, _ = _partition(self.node, config)
+        store = NodeStore.for_message(self.node.node_config, config, partition_id)
+        if store is None:
+            return self.client_for(config).fit(parameters, config)
+        server_round = int(config["server-round"])
+        state = store.load(before_round=server_round)
+        reply = self.client_for(config, state).fit(parameters, config)
+        store.save(state, server_round)
+        return reply
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]

@@ -221,12 +221,15 @@ class RunConfig:
     data_dir: str = ""
     partitioner: str = "iid"
     partition_source: str = "server"
+    num_partitions: int = 0
     dirichlet_alpha: float = 0.5
     val_fraction: float = 0.1
     seed: int = 42
     strategy: str = "fedavg"
     stop_at_accuracy: float = 0.0
     output_dir: str = "outputs"
+    resume: bool = False
+    resume_dir: str = ""
     fedprox: FedProxConfig = field(default_factory=FedProxConfig)
     fedavgm: FedAvgMConfig = field(default_factory=FedAvgMConfig)
     fedopt: FedOptConfig = field(default_factory=FedOptConfig)
@@ -279,6 +282,12 @@ class RunConfig:
                 flat[key] = value
         return flat
 
+    def run_to_resume(self) -> Path:
+        """The run folder ``resume = true`` continues: ``resume-dir``, else the
+        ``latest`` run under ``output-dir``."""
+        folder = self.resume_dir or str(Path(self.output_dir) / "latest")
+        return Path(folder).expanduser().resolve()
+
     def replace(self, **changes: Any) -> RunConfig:
         """A validated copy with some fields changed (for tests and scripts)."""
         config = dataclasses.replace(self, **changes)
@@ -316,6 +325,17 @@ class RunConfig:
         _one_of("dataset", self.dataset, DATASETS)
         _one_of("partitioner", self.partitioner, PARTITIONERS)
         _one_of("partition-source", self.partition_source, PARTITION_SOURCES)
+        if self.num_partitions < 0:
+            raise ConfigError(
+                "num-partitions",
+                f"must be >= 0 (0 = one per node), got {self.num_partitions}",
+            )
+        if self.num_partitions and self.partition_source != "server":
+            raise ConfigError(
+                "num-partitions",
+                "only the server can deal partitions to nodes; with "
+                "partition-source = 'node' each node's --node-config says it",
+            )
         if not 0 <= self.stop_at_accuracy <= 1:
             raise ConfigError(
                 "stop-at-accuracy",
@@ -345,6 +365,8 @@ class RunConfig:
             )
         if not self.output_dir:
             raise ConfigError("output-dir", "must not be empty")
+        if self.resume_dir and not self.resume:
+            raise ConfigError("resume-dir", "is only read with resume = true")
         # Imported here: the registry imports strategies, which import this module.
         from strategies import STRATEGIES
 
@@ -364,7 +386,9 @@ class RunConfig:
 def _parse(kind: type, raws: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """Field values of dataclass ``kind`` from hyphenated keys (``prefix`` + name)."""
     fields = {
-        f.name: f for f in dataclasses.fields(kind) if f.type in ("int", "float", "str")
+        f.name: f
+        for f in dataclasses.fields(kind)
+        if f.type in ("int", "float", "str", "bool")
     }
     values: dict[str, Any] = {}
     for key, raw in raws.items():
@@ -377,7 +401,11 @@ def _parse(kind: type, raws: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 
 def _coerce(key: str, raw: Any, type_name: Any) -> Any:
     """Convert a TOML/CLI value to the field's type, or fail naming the key."""
-    kind = {"int": int, "float": float, "str": str}[str(type_name)]
+    kind = {"int": int, "float": float, "str": str, "bool": bool}[str(type_name)]
+    if kind is bool:
+        if not isinstance(raw, bool):
+            raise ConfigError(key, f"expected true or false, got {raw!r}")
+        return raw
     if kind is str:
         if not isinstance(raw, str):
             raise ConfigError(key, f"expected a string, got {raw!r}")

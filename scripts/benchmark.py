@@ -2,7 +2,7 @@ r"""Time the app against a single-process loop doing the same SGD steps.
 
     .venv/bin/python scripts/benchmark.py                # workload W, 10 rounds
     .venv/bin/python scripts/benchmark.py --clients-per-round 10,50,100 \
-        --num-supernodes 100,1000                        # a scaling series
+        --num-clients 100,1000,10000                     # a scaling series
 
 Workload W: Fashion-MNIST (``/usr/share/datasets/fashion-mnist``), the 2NN, IID,
 E = 1, B = 10, seed 42; by default 100 virtual clients and 10 a round (C = 0.1).
@@ -59,13 +59,18 @@ DATA_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 class PssSampler:
-    """Peak of the summed PSS of every process started after it (and of this one):
-    what the run costs in memory, shared pages counted once."""
+    """Peak of the summed PSS of this process's descendants (and of itself when
+    ``include_self``): what a run costs in memory, shared pages counted once.
 
-    def __init__(self, interval: float = 0.25) -> None:
-        self.before = {p.pid for p in psutil.process_iter()} - {psutil.Process().pid}
+    The SuperLink, the ``flwr`` CLI, the simulation process, Ray's daemons and its
+    actors all descend from this script; the script itself is not part of the app.
+    """
+
+    def __init__(self, include_self: bool, interval: float = 0.25) -> None:
+        self.include_self = include_self
         self.interval = interval
         self.peak = 0
+        self.at_peak: dict[str, int] = {}  # PSS by process name at the peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -79,15 +84,27 @@ class PssSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            total = 0
-            for process in psutil.process_iter():
-                if process.pid in self.before:
-                    continue
+            by_name: dict[str, int] = {}
+            me = psutil.Process()
+            for process in [me] * self.include_self + me.children(recursive=True):
                 try:
-                    total += process.memory_full_info().pss
+                    name = _process_name(process)
+                    pss = process.memory_full_info().pss
                 except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+                    continue
+                by_name[name] = by_name.get(name, 0) + pss
+            total = sum(by_name.values())
+            if total > self.peak:
+                self.peak, self.at_peak = total, by_name
+
+
+def _process_name(process: psutil.Process) -> str:
+    """A short label: the Flower or Ray program a process runs, else its name."""
+    for part in process.cmdline()[:3]:
+        base = Path(part).name
+        if base.startswith(("flower-", "flwr-", "ray::", "raylet", "gcs_server")):
+            return base.split(" ")[0]
+    return process.name()
 
 
 def steady(seconds: list[float]) -> float:
@@ -98,7 +115,7 @@ def steady(seconds: list[float]) -> float:
 def run_app(config: RunConfig, num_supernodes: int, out: Path) -> dict[str, Any]:
     """The app through ``flwr run`` on a SuperLink started beforehand."""
     keys = ("num-server-rounds", "fraction-fit", "min-available-clients", "dataset")
-    keys += ("data-dir", "seed", "output-dir")
+    keys += ("data-dir", "seed", "output-dir", "num-partitions")
     run_config = {key: config.to_flower()[key] for key in keys}
     with tempfile.TemporaryDirectory(prefix="fl-bench-") as tmp:
         home = FlowerHome(Path(tmp))
@@ -106,7 +123,7 @@ def run_app(config: RunConfig, num_supernodes: int, out: Path) -> dict[str, Any]
         home.add_connection("bench", f"127.0.0.1:{port}")
         superlink = start_simulation_superlink(home, port, out / "logs")
         try:
-            with PssSampler() as memory:
+            with PssSampler(include_self=False) as memory:
                 round_1_done: list[float] = []
                 started = time.monotonic()
                 watcher = threading.Thread(
@@ -138,6 +155,7 @@ def run_app(config: RunConfig, num_supernodes: int, out: Path) -> dict[str, Any]
         "to_round_1_s": round_1_done[0] if round_1_done else math.nan,
         "whole_s": whole,
         "peak_pss_mib": memory.peak / 2**20,
+        "pss_mib_at_peak": {k: v / 2**20 for k, v in memory.at_peak.items()},
         "bytes_down_per_round": statistics.mean(r["bytes_sent"] for r in rows[1:]),
         "bytes_up_per_round": statistics.mean(r["bytes_received"] for r in rows[1:]),
         "final_accuracy": rows[-1]["test_accuracy"],
@@ -163,7 +181,7 @@ def run_reference(config: RunConfig, num_clients: int) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     started = time.monotonic()
-    with PssSampler() as memory:
+    with PssSampler(include_self=True) as memory:
         test = load_split(config.dataset, config.data_dir, "test")
         model = build_model(config.model, seed=config.seed)
         weights = get_weights(model)
@@ -222,7 +240,16 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--num-supernodes", default="100", help="comma-separated")
+    parser.add_argument(
+        "--num-clients", default="100", help="virtual clients K, comma-separated"
+    )
+    parser.add_argument(
+        "--max-supernodes",
+        type=int,
+        default=100,
+        help="simulated SuperNodes serving the K clients (at least the clients "
+        "sampled a round); 0 = one SuperNode per client",
+    )
     parser.add_argument("--clients-per-round", default="10", help="comma-separated")
     parser.add_argument("--data-dir", default=DATA_DIR)
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmark"))
@@ -230,21 +257,26 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     rows = []
     with sigterm_as_interrupt():
-        for clients in (int(n) for n in args.num_supernodes.split(",")):
+        for clients in (int(n) for n in args.num_clients.split(",")):
             for per_round in (int(n) for n in args.clients_per_round.split(",")):
+                nodes = clients
+                if args.max_supernodes:
+                    nodes = min(clients, max(per_round, args.max_supernodes))
                 config = RunConfig(
                     num_server_rounds=args.rounds,
                     fraction_fit=per_round / clients,
-                    min_available_clients=clients,
+                    num_partitions=clients if nodes < clients else 0,
+                    min_available_clients=nodes,
                     dataset="fashion-mnist",
                     data_dir=args.data_dir,
                     output_dir=str(out / f"runs-{clients}-{per_round}"),
                 )
-                app = run_app(config, clients, out)
+                app = run_app(config, nodes, out)
                 reference = run_reference(config, clients)
                 rows.append(
                     {
                         "clients": clients,
+                        "supernodes": nodes,
                         "per_round": per_round,
                         "app": app,
                         "reference": reference,
@@ -257,15 +289,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| clients | a round | steady s/round app / ref (ratio) | to round 1 app / ref"
-        " | whole run app / ref | peak PSS MiB app / ref | MB down / up a round"
-        " | accuracy app / ref |",
-        "|---|---|---|---|---|---|---|---|",
+        "| clients | SuperNodes | a round | steady s/round app / ref (ratio)"
+        " | to round 1 app / ref | whole run app / ref | peak PSS MiB app / ref"
+        " | MB down / up a round | accuracy app / ref |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         a, r = row["app"], row["reference"]
         lines.append(
-            f"| {row['clients']} | {row['per_round']} "
+            f"| {row['clients']} | {row['supernodes']} | {row['per_round']} "
             f"| {a['steady_round_s']:.2f} / {r['steady_round_s']:.2f} "
             f"({a['steady_round_s'] / r['steady_round_s']:.2f}) "
             f"| {a['to_round_1_s']:.1f} / {r['to_round_1_s']:.1f} s "

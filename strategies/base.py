@@ -58,6 +58,8 @@ from flwr.server.strategy import FedAvg as FlowerFedAvg
 
 from fl_app import results as outputs
 from fl_app.attacks import attacking_partitions
+from fl_app.checkpoint import CHECKPOINT_FILE, save_checkpoint
+from fl_app.client_state import EXPERIMENT
 from fl_app.config import ConfigError, RunConfig
 from fl_app.data import load_split
 from fl_app.model import build_model, get_weights, set_weights
@@ -142,7 +144,9 @@ class BaseStrategy(FlowerFedAvg):
         self.history: list[outputs.RoundRecord] = []
         self.privacy = PrivacyLedger(config.dp) if config.dp.enabled else None
         self.stop_reason: str | None = None
-        self._partition_of: dict[str, int] = {}
+        self.round_offset = 0  # rounds done before this run: Flower counts from 1
+        self._partition_of: dict[str, int] = {}  # node -> partition it serves
+        self._nodes: list[ClientProxy] = []  # who can be sampled, in partition order
         self._num_partitions = 0
         self._round = _new_record(0)
         self._population = 0  # clients the current round was drawn from
@@ -181,10 +185,15 @@ class BaseStrategy(FlowerFedAvg):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state_dict()``'s output (made with the same config)."""
+        """Continue from ``state_dict()``'s output (made with the same config):
+        Flower's next round 1 is round ``state["round"] + 1`` here."""
         self.global_weights = [np.array(w, copy=True) for w in state["global_weights"]]
         set_weights(self.model, self.global_weights)
+        self.initial_parameters = ndarrays_to_parameters(self.global_weights)
         self.history = [outputs.RoundRecord(**row) for row in state["history"]]
+        self.round_offset = max(int(state["round"]), 0)
+        if self.history:
+            self._started = time.monotonic() - self.history[-1].elapsed_seconds
         self.stop_reason = state["stop_reason"]
         if self.privacy is not None:
             self.privacy.load_state_dict(state["privacy"])
@@ -198,6 +207,8 @@ class BaseStrategy(FlowerFedAvg):
             "local-epochs": self.config.local_epochs,
             "batch-size": self.config.batch_size,
             "seed": self.config.seed,
+            # Where clients keep state that outlives the run (fl_app.client_state).
+            **({EXPERIMENT: self.run_dir.name} if self.run_dir is not None else {}),
         }
 
     def fit_parameters(self, parameters: Parameters) -> Parameters:
@@ -213,6 +224,7 @@ class BaseStrategy(FlowerFedAvg):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         """Flower's configure_fit, with the seeded draw and the round's record."""
+        server_round += self.round_offset
         self._round = _new_record(server_round)
         self._round_started = time.monotonic()
         if self.stop_reason is not None:
@@ -240,6 +252,7 @@ class BaseStrategy(FlowerFedAvg):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        server_round += self.round_offset
         if self.stop_reason is not None:
             return []
         sampler = _SeededDraw(self, client_manager, server_round, _EVALUATE)
@@ -251,26 +264,10 @@ class BaseStrategy(FlowerFedAvg):
         ]
 
     # ------------------------------------------------------------- seeded sampling
-    def sample_clients(
-        self,
-        known: list[ClientProxy],
-        server_round: int,
-        num_clients: int,
-        salt: int,
-    ) -> list[ClientProxy]:
-        """Choose clients reproducibly: a seeded draw over ``known`` (the connected
-        clients in partition order, from ``known_clients``)."""
-        if salt == _FIT:
-            self._population = len(known)  # K of the DP accountant's m of K
-        rng = np.random.default_rng([self.config.seed, server_round, salt])
-        size = min(num_clients, len(known))
-        chosen = np.sort(rng.choice(len(known), size=size, replace=False))
-        return [known[i] for i in chosen]
-
-    def known_clients(
-        self, client_manager: ClientManager, server_round: int
-    ) -> list[ClientProxy]:
-        """Connected clients whose partition is known, in partition order."""
+    def population(self, client_manager: ClientManager, server_round: int) -> int:
+        """K, the clients a round is drawn from: ``num-partitions`` (or one per
+        connected node) when the server deals partitions, else the connected nodes
+        that told us their partition."""
         needed = self.min_available_clients
         timeout = self.config.min_available_timeout
         if not client_manager.wait_for(needed, timeout=math.ceil(timeout)):
@@ -282,27 +279,56 @@ class BaseStrategy(FlowerFedAvg):
             )
         available = client_manager.all()
         if self.config.partition_source == "server":
-            self._deal_partitions(available)
-        else:
-            self._learn_partitions(available, server_round)
+            self._nodes = sorted(available.values(), key=lambda c: _node_order(c.cid))
+            self._num_partitions = self.config.num_partitions or len(self._nodes)
+            return self._num_partitions
+        self._learn_partitions(available, server_round)
         known = [c for cid, c in available.items() if cid in self._partition_of]
-        known.sort(key=lambda client: self._partition_of[client.cid])
-        return known
+        self._nodes = sorted(known, key=lambda client: self._partition_of[client.cid])
+        return len(self._nodes)
 
-    def _deal_partitions(self, available: dict[str, ClientProxy]) -> None:
-        """Partition p to the p-th connected node by node id, without a message.
+    def sample_clients(
+        self, population: int, server_round: int, num_clients: int, salt: int
+    ) -> list[ClientProxy]:
+        """Choose clients reproducibly: a draw from ``(seed, round)`` over the
+        population, in partition order, then the nodes that will serve them."""
+        if salt == _FIT:
+            self._population = population  # K of the DP accountant's m of K
+        rng = np.random.default_rng([self.config.seed, server_round, salt])
+        size = min(num_clients, population)
+        chosen = np.sort(rng.choice(population, size=size, replace=False))
+        if self.config.partition_source == "server":
+            return self._deal(chosen.tolist(), server_round)
+        return [self._nodes[i] for i in chosen]
 
-        Node ids are random, but the draw is over partitions, so the same seed
-        samples the same partitions and gives the same history. A node keeps its
-        partition (and its ``Context.state``) for the run while the nodes stay.
+    def _deal(self, partitions: list[int], server_round: int) -> list[ClientProxy]:
+        """Partition p to node ``p mod N`` (by node id), or the next one free.
+
+        No message is needed: node ids are random, but the draw is over partitions,
+        so the same seed gives the same history. With one partition per node
+        (``num-partitions = 0``) a node serves the same partition all run; with
+        more, a node serves whichever partition it is dealt (client state is kept
+        by partition, in ``fl_app.client_state``, not by node).
         """
-        if available.keys() == self._partition_of.keys():
-            return
-        if self._partition_of:
-            log(WARNING, "the connected nodes changed: partitions dealt again")
-        nodes = sorted(available, key=_node_order)
-        self._partition_of = {cid: p for p, cid in enumerate(nodes)}
-        self._num_partitions = len(nodes)
+        nodes = self._nodes
+        if len(partitions) > len(nodes):
+            raise NotEnoughClientsError(
+                f"round {server_round}: {len(partitions)} clients sampled of "
+                f"num-partitions = {self._num_partitions}, but only {len(nodes)} "
+                "SuperNodes serve them; start at least as many SuperNodes "
+                "(num-supernodes) as clients sampled a round"
+            )
+        taken: set[int] = set()
+        self._partition_of = {}
+        dealt = []
+        for partition in partitions:
+            index = partition % len(nodes)
+            while index in taken:
+                index = (index + 1) % len(nodes)
+            taken.add(index)
+            self._partition_of[nodes[index].cid] = partition
+            dealt.append(nodes[index])
+        return dealt
 
     def _addressed(self, client: ClientProxy, ins: _Ins) -> _Ins:
         """The instructions for one client, naming its partition when the server
@@ -372,6 +398,7 @@ class BaseStrategy(FlowerFedAvg):
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Order, validate, privatize, aggregate, record (see the module docstring)."""
+        server_round += self.round_offset
         record = self._round
         for failure in failures:
             log(
@@ -534,6 +561,11 @@ class BaseStrategy(FlowerFedAvg):
         self, server_round: int, parameters: Parameters
     ) -> tuple[float, dict[str, Scalar]] | None:
         """Evaluate the global model on the test set and write the round's row."""
+        server_round += self.round_offset
+        if self.history and self.history[-1].round == server_round:
+            # A resumed run: Flower evaluates its initial model, our last round.
+            last = self.history[-1]
+            return last.test_loss, {"accuracy": last.test_accuracy}
         if server_round > 0 and self.stop_reason is not None:
             return None
         self.global_weights = parameters_to_ndarrays(parameters)
@@ -566,6 +598,7 @@ class BaseStrategy(FlowerFedAvg):
     ) -> tuple[float | None, dict[str, Scalar]]:
         """Flower's weighted averages of the clients' held-out loss and accuracy,
         added to the round's row."""
+        server_round += self.round_offset
         loss, metrics = super().aggregate_evaluate(server_round, results, failures)
         if loss is not None and self.history and self.history[-1].round == server_round:
             self.history[-1].federated_loss = loss
@@ -589,6 +622,7 @@ class BaseStrategy(FlowerFedAvg):
         )
         outputs.plot_history(self.run_dir, self.history, title)
         self._write_summary()
+        save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.state_dict(), self.config)
 
     def _write_summary(self) -> None:
         """``summary.json``: final and best accuracy, epsilon, why the run stopped."""
@@ -669,12 +703,12 @@ class _SeededDraw(ClientManager):
         self.salt = salt
 
     @cached_property
-    def known(self) -> list[ClientProxy]:
+    def population(self) -> int:
         """Looked up once: Flower asks ``num_available`` and then ``sample``."""
-        return self.strategy.known_clients(self.manager, self.server_round)
+        return self.strategy.population(self.manager, self.server_round)
 
     def num_available(self) -> int:
-        return len(self.known)
+        return self.population
 
     def sample(
         self,
@@ -683,7 +717,7 @@ class _SeededDraw(ClientManager):
         criterion: Criterion | None = None,
     ) -> list[ClientProxy]:
         return self.strategy.sample_clients(
-            self.known, self.server_round, num_clients, self.salt
+            self.population, self.server_round, num_clients, self.salt
         )
 
     def register(self, client: ClientProxy) -> bool:

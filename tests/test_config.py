@@ -77,6 +77,7 @@ def test_every_field_is_settable_from_pyproject(app_config: dict[str, Any]) -> N
 BAD_VALUES: list[tuple[str, Any]] = [
     ("model", "cnn"),
     ("partition-source", "nodes"),
+    ("num-partitions", -1),
     ("stop-at-accuracy", 1.5),
     ("stop-at-accuracy", -0.1),
     ("model", 2),
@@ -245,3 +246,12 @@ def test_central_dp_is_refused_for_a_rule_that_does_not_average(
         RunConfig.from_flower({**app_config, "strategy": "median", "dp.clip-norm": 1})
     assert info.value.key == "dp.clip-norm"
     RunConfig.from_flower({**app_config, "strategy": "fedadam", "dp.clip-norm": 1})
+
+
+def test_only_the_server_deals_more_partitions_than_nodes(
+    app_config: dict[str, Any],
+) -> None:
+    with pytest.raises(ConfigError, match=r"'num-partitions'.*partition-source"):
+        RunConfig.from_flower(
+            {**app_config, "num-partitions": 1000, "partition-source": "node"}
+        )

@@ -50,6 +50,8 @@ def test_knob_table_matches_pyproject() -> None:
     for key, value in knobs.items():
         shown = rows[key].strip("`")
         expected = f'"{value}"' if value == "" else str(value)
+        if isinstance(value, bool):
+            expected = str(value).lower()  # TOML's spelling
         assert shown == expected, (key, shown, value)
 
 

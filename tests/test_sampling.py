@@ -204,7 +204,9 @@ def dealt_partitions(
     named = []
     for proxy, ins in chosen:
         assert ins.config["partition-id"] == strategy.partition_of(proxy)
-        assert ins.config["num-partitions"] == len(manager.all())
+        assert ins.config["num-partitions"] == (
+            strategy.config.num_partitions or len(manager.all())
+        )
         named.append(int(ins.config["partition-id"]))
     return named
 
@@ -212,11 +214,43 @@ def dealt_partitions(
 def test_the_server_deals_partitions_without_asking_any_node(mnist_dir: Path) -> None:
     manager, nodes = make_manager(NUM_NODES, shuffle_seed=4)
     strategy = make_strategy(mnist_dir, partition_source="server")
+    by_id = sorted(nodes, key=lambda node: int(node.cid))
     for server_round in (1, 2, 3):
         dealt_partitions(strategy, manager, server_round)
+        chosen = strategy.configure_fit(server_round, parameters_of(strategy), manager)
+        for proxy, ins in chosen:  # one partition a node: the p-th node serves p
+            assert by_id.index(proxy) == ins.config["partition-id"]
     assert all(node.property_calls == 0 for node in nodes)
-    by_id = sorted(nodes, key=lambda node: int(node.cid))
-    assert [strategy.partition_of(node) for node in by_id] == list(range(NUM_NODES))
+
+
+def test_more_virtual_clients_than_nodes(mnist_dir: Path) -> None:
+    """num-partitions = K > N nodes: each round's m partitions go to m distinct
+    nodes, and K is the population the draw (and the DP accountant) uses."""
+    manager, nodes = make_manager(NUM_NODES, shuffle_seed=10)
+    strategy = make_strategy(
+        mnist_dir, partition_source="server", num_partitions=1000, fraction_fit=0.01
+    )
+    seen: set[int] = set()
+    for server_round in range(1, 6):
+        chosen = strategy.configure_fit(server_round, parameters_of(strategy), manager)
+        assert len(chosen) == 10
+        assert len({proxy.cid for proxy, _ in chosen}) == 10
+        for proxy, ins in chosen:
+            assert ins.config["num-partitions"] == 1000
+            assert ins.config["partition-id"] == strategy.partition_of(proxy)
+            seen.add(int(ins.config["partition-id"]))
+    assert max(seen) >= NUM_NODES  # partitions beyond the node count are drawn
+    assert strategy._population == 1000
+    assert all(node.property_calls == 0 for node in nodes)
+
+
+def test_too_few_nodes_for_the_sample_is_an_error(mnist_dir: Path) -> None:
+    manager, _ = make_manager(NUM_NODES, shuffle_seed=11)
+    strategy = make_strategy(
+        mnist_dir, partition_source="server", num_partitions=1000, fraction_fit=0.05
+    )
+    with pytest.raises(NotEnoughClientsError, match="num-supernodes"):
+        strategy.configure_fit(1, parameters_of(strategy), manager)
 
 
 def test_dealt_partitions_follow_the_seed_not_the_node_ids(mnist_dir: Path) -> None:

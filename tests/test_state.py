@@ -60,10 +60,12 @@ def manager() -> SimpleClientManager:
 def play(
     strategy: BaseStrategy, clients: SimpleClientManager, server_round: int
 ) -> NDArrays:
-    """One round with seeded replies (updates ~ 0.01 N(0,1), SCAFFOLD's delta c too);
-    returns the new global weights."""
+    """Round ``server_round`` with seeded replies (updates ~ 0.01 N(0,1), SCAFFOLD's
+    delta c too); returns the new global weights. Flower numbers a resumed run's
+    rounds from 1: the strategy adds the rounds its state already holds."""
+    flower_round = server_round - strategy.round_offset
     parameters = ndarrays_to_parameters(strategy.global_weights)
-    instructions = strategy.configure_fit(server_round, parameters, clients)
+    instructions = strategy.configure_fit(flower_round, parameters, clients)
     rng = np.random.default_rng(server_round)
     results = []
     for client, _ in instructions:
@@ -75,9 +77,10 @@ def play(
         size = 50 + 10 * strategy.partition_of(client)
         res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), size, {})
         results.append((client, res))
-    new, _ = strategy.aggregate_fit(server_round, results, [])
+    new, _ = strategy.aggregate_fit(flower_round, results, [])
     assert new is not None
-    strategy.evaluate(server_round, new)
+    strategy.evaluate(flower_round, new)
+    assert strategy.history[-1].round == server_round
     return parameters_to_ndarrays(new)
 
 
