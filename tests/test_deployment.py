@@ -19,10 +19,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from fl_app.federation import Certs, Federation, RunResult
@@ -167,6 +168,77 @@ def test_scaffold_run_completes_and_client_state_persists(
         NUM_NODES,
         NUM_NODES,
     ]
+
+
+def test_fedavg_killed_serverapp_resumes_with_the_same_history(
+    federation: Federation, data_dir: Path, tmp_path: Path
+) -> None:
+    """SIGKILL to the flwr-serverapp process mid-round 2, then ``resume = true``:
+    rounds 0-3 equal those of an uninterrupted run with the same seed (to 1e-6)."""
+    whole = run_config(data_dir, tmp_path / "whole", num_server_rounds=3)
+    reference = finish(*run_in_background(federation, whole), 200)
+    assert reference.completed, explain(reference)
+
+    crash_dir = tmp_path / "crash"
+    thread, outcome = run_in_background(
+        federation, run_config(data_dir, crash_dir, num_server_rounds=3)
+    )
+    deadline = time.monotonic() + 120
+    while not _rounds_done(crash_dir) >= 1:
+        assert thread.is_alive() and time.monotonic() < deadline, outcome
+        time.sleep(0.1)
+    assert federation.superlink is not None
+    serverapps = _processes(
+        psutil.Process(federation.superlink.pid),
+        lambda command: "flwr-serverapp" in " ".join(command),
+    )
+    assert serverapps, "no flwr-serverapp process"
+    for process in serverapps:
+        process.kill()  # mid-round 2: its messages are out
+    # The CLI would stream until the SuperLink notices; it goes too.
+    for process in _processes(psutil.Process(), _is_flwr_run):
+        process.kill()
+    thread.join(60)
+    crash_run = (crash_dir / "latest").resolve()
+    assert [row["round"] for row in read_history(crash_run)] == [0, 1]
+
+    resumed = run_config(
+        data_dir, crash_dir, num_server_rounds=3, resume=True, resume_dir=str(crash_run)
+    )
+    result = finish(*run_in_background(federation, resumed), 200)
+    assert result.completed, explain(result)
+    got = read_history(crash_run)
+    want = read_history((tmp_path / "whole" / "latest").resolve())
+    assert [row["round"] for row in got] == [0, 1, 2, 3]
+    for mine, theirs in zip(got, want, strict=True):
+        for key in ("test_loss", "test_accuracy", "train_loss"):
+            if theirs[key] is not None:
+                assert mine[key] == pytest.approx(theirs[key], abs=1e-6), key
+
+
+def _processes(
+    root: psutil.Process, wanted: Callable[[list[str]], bool]
+) -> list[psutil.Process]:
+    """Live descendants of ``root`` whose command line is ``wanted``."""
+    found = []
+    for process in root.children(recursive=True):
+        try:
+            if wanted(process.cmdline()):
+                found.append(process)
+        except psutil.Error:  # gone, or a zombie
+            pass
+    return found
+
+
+def _is_flwr_run(command: list[str]) -> bool:
+    return any(Path(a).name == "flwr" for a in command[:2]) and "run" in command
+
+
+def _rounds_done(output_dir: Path) -> int:
+    try:
+        return len(read_history((output_dir / "latest").resolve())) - 1
+    except (OSError, ValueError):
+        return 0
 
 
 def test_unregistered_or_untrusting_supernode_is_refused(
