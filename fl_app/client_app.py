@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from flwr.app import RecordDict
+from flwr.app import ArrayRecord, RecordDict
 from flwr.client import Client, ClientApp, NumPyClient
 from flwr.common import Context, NDArrays, Scalar
 from torch import nn
@@ -22,10 +22,13 @@ from torch import nn
 from fl_app.attacks import attacking_partitions, flip_labels, poison_update
 from fl_app.client_parts import ClientPart, client_part
 from fl_app.client_state import NodeStore
+from fl_app.compression import CodecSpec, encode
 from fl_app.config import AttackConfig, RunConfig
 from fl_app.data import Split, client_data
 from fl_app.model import build_model, get_weights, set_weights
 from fl_app.training import evaluate, local_steps, seeded_generator, train
+
+RESIDUAL = "compression.residual"  # Context.state key: what error feedback carries
 
 # Minibatches of ~10 rows gain nothing from intra-op threads; the parallelism is in
 # running clients side by side (one per core), which extra threads would fight.
@@ -52,6 +55,7 @@ class FlowerClient(NumPyClient):
         num_partitions: int = 1,
         state: RecordDict | None = None,
         attack: AttackConfig | None = None,
+        codec: CodecSpec | None = None,
     ) -> None:
         self.model = model
         self.train_data = flip_labels(train_data) if _flips(attack) else train_data
@@ -60,6 +64,7 @@ class FlowerClient(NumPyClient):
         self.num_partitions = num_partitions
         self.state = state if state is not None else RecordDict()
         self.attack = attack
+        self.codec = codec
 
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         """Tell the server which partition this node holds (node ids are random)."""
@@ -90,12 +95,29 @@ class FlowerClient(NumPyClient):
                 [int(config["seed"]), int(config["server-round"]), self.partition_id]
             )
             update = poison_update(self.attack, update, rng)
+        update = self.encode(update, config)
         metrics: dict[str, Scalar] = {
             "train_loss": loss,
             "partition_id": self.partition_id,
             **part.metrics(),
         }
         return update + extras_up, len(self.train_data), metrics
+
+    def encode(self, update: NDArrays, config: dict[str, Scalar]) -> NDArrays:
+        """The update as it goes on the wire: coded by the run's scheme, with the
+        error-feedback residual carried in the node's state between rounds."""
+        if self.codec is None or self.codec.scheme == "none":
+            return update
+        rng = np.random.default_rng(
+            [int(config["seed"]), int(config["server-round"]), self.partition_id, 1]
+        )
+        residual = None
+        if self.codec.error_feedback and RESIDUAL in self.state:
+            residual = self.state[RESIDUAL].to_numpy_ndarrays()  # type: ignore[union-attr]
+        payload, residual = encode(update, self.codec, rng, residual)
+        if residual is not None:
+            self.state[RESIDUAL] = ArrayRecord(residual)
+        return payload
 
     def train_locally(
         self, config: dict[str, Scalar], part: ClientPart | None = None
@@ -218,6 +240,7 @@ def build_client(
         num_partitions=num_partitions,
         state=state,
         attack=config.attack if partition_id in attackers else None,
+        codec=config.compression.spec() if config.compression.enabled else None,
     )
 
 

@@ -108,6 +108,11 @@ def topk_count(size: int, fraction: float) -> int:
     return min(size, max(1, round(fraction * size)))
 
 
+def payload_length(spec: CodecSpec, num_tensors: int) -> int:
+    """How many arrays code ``num_tensors`` tensors (what follows is not payload)."""
+    return _CODECS[spec.scheme].parts * num_tensors
+
+
 def payload_nbytes(payload: Sequence[np.ndarray]) -> int:
     """The payload's array bytes (Flower's serialization adds a small header each)."""
     return sum(int(part.nbytes) for part in payload)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fl_app.compression import SCHEMES, CodecSpec
+
 MODELS = ("mlp", "2nn")
 ATTACKS = ("none", "label-flip", "sign-flip", "gaussian-noise", "scale")
 DATASETS = ("mnist", "fashion-mnist")
@@ -186,6 +188,27 @@ class ValidationConfig:
         _non_negative(key("max-update-norm"), self.max_update_norm)
 
 
+@dataclass(frozen=True)
+class CompressionConfig:
+    """How clients code their update (``fl_app.compression``); error feedback is on
+    for the biased schemes, topk and sign."""
+
+    scheme: str = "none"  # none, fp16, int8, topk, sign
+    topk_fraction: float = 0.01  # k: share of each tensor's coordinates topk sends
+
+    @property
+    def enabled(self) -> bool:
+        return self.scheme != "none"
+
+    def spec(self) -> CodecSpec:
+        return CodecSpec(self.scheme, self.topk_fraction)
+
+    def validate(self, key: KeyName) -> None:
+
+        _one_of(key("scheme"), self.scheme, SCHEMES)
+        _fraction(key("topk-fraction"), self.topk_fraction, allow_zero=False)
+
+
 # Table name in pyproject.toml -> its dataclass; the RunConfig field is the name with
 # "-" as "_".
 GROUPS: dict[str, type] = {
@@ -199,6 +222,7 @@ GROUPS: dict[str, type] = {
     "dp": DpConfig,
     "attack": AttackConfig,
     "validation": ValidationConfig,
+    "compression": CompressionConfig,
 }
 
 
@@ -242,6 +266,7 @@ class RunConfig:
     dp: DpConfig = field(default_factory=DpConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:

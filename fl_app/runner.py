@@ -371,6 +371,28 @@ def parse_run_config(text: str, default_output_dir: Path) -> dict[str, Any]:
     return run_config
 
 
+def resume_from(run_config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """``run_config`` set to continue ``run_dir`` (``--resume`` of the scripts).
+
+    The folder is checked here too, so a typo fails before anything starts; the
+    ServerApp checks the checkpoint's content against the run config.
+    """
+    from fl_app.checkpoint import CHECKPOINT_FILE
+
+    run_dir = run_dir.expanduser().resolve()
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        raise FileNotFoundError(
+            f"--resume {run_dir}: no {CHECKPOINT_FILE} there (a run folder that "
+            "completed at least one round has one)"
+        )
+    return {
+        **run_config,
+        "resume": True,
+        "resume-dir": str(run_dir),
+        "output-dir": str(run_dir.parent),  # where the run lives, and its logs go
+    }
+
+
 def report_outcome(
     run_id: int, status: str, details: str, output_dir: Path, log_dir: Path
 ) -> int:

@@ -22,6 +22,7 @@ from fl_app.federation import Certs, Federation
 from fl_app.runner import (
     parse_run_config,
     report_outcome,
+    resume_from,
     sigterm_as_interrupt,
     uninterruptible,
 )
@@ -36,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         "--run-config",
         default="",
         help="overrides of [tool.flwr.app.config], Flower syntax",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue this run folder from its last completed round",
     )
     parser.add_argument(
         "--certs-dir",
@@ -66,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"local_federation: {error}", file=sys.stderr)
         return 2
     run_config = parse_run_config(args.run_config, REPO / "outputs")
+    if args.resume is not None:
+        try:
+            run_config = resume_from(run_config, args.resume)
+        except FileNotFoundError as error:
+            parser.error(str(error))
     output_dir = Path(run_config["output-dir"])
     work_dir = args.work_dir.resolve() / time.strftime("%Y%m%d-%H%M%S")
     print(f"logs and state: {work_dir}", flush=True)

@@ -21,6 +21,7 @@ from fl_app.runner import (
     free_port,
     parse_run_config,
     report_outcome,
+    resume_from,
     run_status,
     sigterm_as_interrupt,
     simulation_config,
@@ -46,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         help="overrides of [tool.flwr.app.config], Flower syntax",
     )
     parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue this run folder from its last completed round",
+    )
+    parser.add_argument(
         "--output-dir",
         default="outputs",
         help="where the run folder goes (made absolute)",
@@ -53,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     run_config = parse_run_config(args.run_config, Path(args.output_dir))
+    if args.resume is not None:
+        try:
+            run_config = resume_from(run_config, args.resume)
+        except FileNotFoundError as error:
+            parser.error(str(error))
     output_dir = Path(run_config["output-dir"])
     log_dir = output_dir / "logs"
 

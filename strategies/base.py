@@ -65,7 +65,13 @@ from fl_app.data import load_split
 from fl_app.model import build_model, get_weights, set_weights
 from fl_app.privacy import PrivacyLedger, privatize
 from fl_app.training import evaluate
-from strategies.validation import REASONS, Layout, Rejected, checked_arrays
+from strategies.validation import (
+    REASONS,
+    Layout,
+    Rejected,
+    checked_arrays,
+    decoded,
+)
 
 _Ins = TypeVar("_Ins", FitIns, EvaluateIns)
 
@@ -464,8 +470,11 @@ class BaseStrategy(FlowerFedAvg):
         num_model = len(self.global_weights)
         bounds = self.config.validation
         updates = []
+        codec = self.config.compression
         for client, res in results:
             try:
+                if codec.enabled:
+                    res = decoded(res, codec.spec(), Layout.of(self.global_weights))
                 arrays = checked_arrays(
                     res,
                     layout,

@@ -12,13 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.common import FitRes, NDArrays, parameters_to_ndarrays
+from flwr.common import (
+    FitRes,
+    NDArrays,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 
+from fl_app.compression import CodecSpec, PayloadError, decode, payload_length
 from fl_app.model import update_norm
 
 # One history column each: rejected_<reason>.
 REASONS = (
     "undecodable",
+    "codec",
     "array_count",
     "shape",
     "dtype",
@@ -104,3 +111,22 @@ def checked_arrays(
                 "('validation.max-update-norm')",
             )
     return arrays
+
+
+def decoded(res: FitRes, spec: CodecSpec, model: Layout) -> FitRes:
+    """The reply with its coded model update decoded (``fl_app.compression``), the
+    arrays after it (an algorithm's extras) as they came; ``Rejected`` with reason
+    ``codec`` when the payload does not decode to the model's layout."""
+    try:
+        arrays = parameters_to_ndarrays(res.parameters)
+    except Exception as error:  # any bytes can arrive; none may end the run
+        raise Rejected("undecodable", f"{type(error).__name__}: {error}") from None
+    length = payload_length(spec, len(model.shapes))
+    try:
+        update = decode(
+            arrays[:length], spec, list(zip(model.shapes, model.dtypes, strict=True))
+        )
+    except PayloadError as error:
+        raise Rejected("codec", f"{spec.scheme}: {error}") from None
+    parameters = ndarrays_to_parameters(update + arrays[length:])
+    return FitRes(res.status, parameters, res.num_examples, res.metrics)
