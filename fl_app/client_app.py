@@ -11,12 +11,18 @@ config, so one ClientApp serves every strategy.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.app.message_type import MessageType
 from flwr.client import Client, ClientApp, NumPyClient
+from flwr.client.mod import secaggplus_mod
 from flwr.common import Context, NDArrays, Scalar
+from flwr.common.secure_aggregation.secaggplus_constants import (
+    RECORD_KEY_CONFIGS as SECAGG_RECORD,
+)
 from torch import nn
 
 from fl_app.attacks import attacking_partitions, flip_labels, poison_update
@@ -26,6 +32,7 @@ from fl_app.compression import CodecSpec, encode
 from fl_app.config import AttackConfig, RunConfig
 from fl_app.data import Split, client_data
 from fl_app.model import build_model, get_weights, set_weights
+from fl_app.privacy import DP_CLIP, clip
 from fl_app.training import evaluate, local_steps, seeded_generator, train
 
 RESIDUAL = "compression.residual"  # Context.state key: what error feedback carries
@@ -95,13 +102,16 @@ class FlowerClient(NumPyClient):
                 [int(config["seed"]), int(config["server-round"]), self.partition_id]
             )
             update = poison_update(self.attack, update, rng)
+        num_examples = len(self.train_data)
+        if DP_CLIP in config:  # central DP under SecAgg+: clip here, weigh 1
+            update, num_examples = clip(update, float(config[DP_CLIP])), 1
         update = self.encode(update, config)
         metrics: dict[str, Scalar] = {
             "train_loss": loss,
             "partition_id": self.partition_id,
             **part.metrics(),
         }
-        return update + extras_up, len(self.train_data), metrics
+        return update + extras_up, num_examples, metrics
 
     def encode(self, update: NDArrays, config: dict[str, Scalar]) -> NDArrays:
         """The update as it goes on the wire: coded by the run's scheme, with the
@@ -249,6 +259,18 @@ def client_fn(context: Context) -> Client:
     return NodeClient(context).to_client()
 
 
-app = ClientApp(client_fn=client_fn)
+def secagg_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
+    """Flower's ``secaggplus_mod`` for the train messages that carry its protocol
+    (the server runs ``SecAggPlusWorkflow``); any other message goes straight on,
+    so one ClientApp serves runs with and without SecAgg+."""
+    if (
+        msg.metadata.message_type == MessageType.TRAIN
+        and SECAGG_RECORD in msg.content.config_records
+    ):
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+app = ClientApp(client_fn=client_fn, mods=[secagg_when_asked])
 
 __all__ = ["FlowerClient", "NodeClient", "app", "build_client", "client_fn"]

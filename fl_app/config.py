@@ -209,6 +209,39 @@ class CompressionConfig:
         _fraction(key("topk-fraction"), self.topk_fraction, allow_zero=False)
 
 
+@dataclass(frozen=True)
+class SecAggConfig:
+    """SecAgg+ (Bell et al. 2020): Flower's ``SecAggPlusWorkflow`` on the server and
+    ``secaggplus_mod`` on the clients; the server only ever sees the sum."""
+
+    enabled: bool = False
+    num_shares: int = 3  # each client's key is split among this many (itself too)
+    reconstruction_threshold: int = 2  # shares needed to rebuild a dropped key
+    max_weight: float = 1000.0  # n_k above it is clipped: keep it >= max n_k
+    clipping_range: float = 8.0  # each update coordinate clipped to [-c, c]
+    quantization_range: int = 4194304  # 2^22 levels over [-c, c]
+    timeout: float = 120.0  # seconds each protocol stage waits for replies
+
+    def validate(self, key: KeyName) -> None:
+        if self.num_shares < 2:
+            raise ConfigError(key("num-shares"), f"must be >= 2, got {self.num_shares}")
+        if not 2 <= self.reconstruction_threshold <= self.num_shares:
+            raise ConfigError(
+                key("reconstruction-threshold"),
+                f"must be in [2, num-shares = {self.num_shares}], got "
+                f"{self.reconstruction_threshold}",
+            )
+        _positive(key("max-weight"), self.max_weight)
+        _positive(key("clipping-range"), self.clipping_range)
+        if not 0 < self.quantization_range < 2**32:
+            raise ConfigError(
+                key("quantization-range"),
+                f"must be in (0, 2^32) (masks live modulo 2^32), got "
+                f"{self.quantization_range}",
+            )
+        _positive(key("timeout"), self.timeout)
+
+
 # Table name in pyproject.toml -> its dataclass; the RunConfig field is the name with
 # "-" as "_".
 GROUPS: dict[str, type] = {
@@ -223,6 +256,7 @@ GROUPS: dict[str, type] = {
     "attack": AttackConfig,
     "validation": ValidationConfig,
     "compression": CompressionConfig,
+    "secagg": SecAggConfig,
 }
 
 
@@ -267,6 +301,7 @@ class RunConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:

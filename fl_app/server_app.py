@@ -3,6 +3,11 @@
 Results land in ``<output-dir>/<timestamp>-run<id>/`` (and ``<output-dir>/latest``).
 With ``resume = true`` the run continues the folder ``resume-dir`` (default
 ``<output-dir>/latest``) from its last checkpoint, and appends to its history.
+
+Two loops run the same strategy: Flower's legacy server loop (``start_grid``, which
+honours ``round-timeout``) and, with ``secagg.enabled``, Flower's ``DefaultWorkflow``
+whose fit step is ``SecAggPlusWorkflow``: clients mask their updates, and what
+reaches the strategy's ``aggregate_fit`` is only their sum.
 """
 
 from __future__ import annotations
@@ -10,7 +15,15 @@ from __future__ import annotations
 from logging import INFO
 
 from flwr.common import Context, log
-from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+from flwr.server import (
+    Grid,
+    LegacyContext,
+    ServerApp,
+    ServerAppComponents,
+    ServerConfig,
+)
+from flwr.server.compat import start_grid
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from fl_app.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from fl_app.config import RunConfig
@@ -19,14 +32,18 @@ from strategies import STRATEGIES
 
 
 def server_fn(context: Context) -> ServerAppComponents:
-    config = RunConfig.from_flower(context.run_config)
+    """The strategy (fresh, or resumed from its checkpoint) and the loop's config."""
+    return components(RunConfig.from_flower(context.run_config), context.run_id)
+
+
+def components(config: RunConfig, run_id: int) -> ServerAppComponents:
     state = None
     if config.resume:
         run_dir = config.run_to_resume()
         state = load_checkpoint(run_dir / CHECKPOINT_FILE, config)  # checks first
         log(INFO, "resuming %s after round %s", run_dir, state["round"])
     else:
-        run_dir = new_run_dir(config.output_dir, context.run_id)
+        run_dir = new_run_dir(config.output_dir, run_id)
     log(INFO, "results of this run go to %s", run_dir)
     strategy = STRATEGIES[config.strategy](config, run_dir)
     if state is not None:
@@ -40,4 +57,33 @@ def server_fn(context: Context) -> ServerAppComponents:
     return ServerAppComponents(strategy=strategy, config=server_config)
 
 
-app = ServerApp(server_fn=server_fn)
+def secure_workflow(config: RunConfig) -> DefaultWorkflow:
+    """Flower's default round, with SecAgg+ as its fit step (knobs: ``secagg.*``)."""
+    secagg = config.secagg
+    return DefaultWorkflow(
+        fit_workflow=SecAggPlusWorkflow(
+            num_shares=secagg.num_shares,
+            reconstruction_threshold=secagg.reconstruction_threshold,
+            # With central DP every client weighs 1 (and clips its own update).
+            max_weight=1.0 if config.dp.enabled else secagg.max_weight,
+            clipping_range=secagg.clipping_range,
+            quantization_range=secagg.quantization_range,
+            timeout=secagg.timeout,
+        )
+    )
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    config = RunConfig.from_flower(context.run_config)
+    parts = components(config, context.run_id)
+    if not config.secagg.enabled:
+        start_grid(grid=grid, strategy=parts.strategy, config=parts.config)
+        return
+    legacy = LegacyContext(
+        context=context, config=parts.config, strategy=parts.strategy
+    )
+    secure_workflow(config)(grid, legacy)

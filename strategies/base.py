@@ -63,7 +63,7 @@ from fl_app.client_state import EXPERIMENT
 from fl_app.config import ConfigError, RunConfig
 from fl_app.data import load_split
 from fl_app.model import build_model, get_weights, set_weights
-from fl_app.privacy import PrivacyLedger, privatize
+from fl_app.privacy import DP_CLIP, PrivacyLedger, privatize
 from fl_app.training import evaluate
 from strategies.validation import (
     REASONS,
@@ -124,6 +124,8 @@ class BaseStrategy(FlowerFedAvg):
 
     #: Why central DP cannot wrap this strategy (None: it averages, so it can).
     dp_conflict: ClassVar[str | None] = None
+    #: Why SecAgg+ cannot be used with this strategy (None: it averages).
+    secagg_conflict: ClassVar[str | None] = None
 
     def __init__(
         self, config: RunConfig, run_dir: Path | None = None, **flower_kwargs: Any
@@ -172,6 +174,32 @@ class BaseStrategy(FlowerFedAvg):
                 f"central DP cannot wrap strategy {config.strategy!r}: "
                 f"{cls.dp_conflict}",
             )
+        if config.secagg.enabled:
+            cls._check_secagg(config)
+
+    @classmethod
+    def _check_secagg(cls, config: RunConfig) -> None:
+        """Under SecAgg+ the server sees only the sum: refuse what needs more."""
+        if cls.secagg_conflict is not None:
+            raise ConfigError(
+                "secagg.enabled",
+                f"SecAgg+ cannot be used with strategy {config.strategy!r}: "
+                f"{cls.secagg_conflict}",
+            )
+        if config.validation.max_update_norm > 0:
+            raise ConfigError(
+                "validation.max-update-norm",
+                "must be 0 with secagg.enabled: the bound is checked per update, "
+                "and SecAgg+ hides each update from the server (bound the updates "
+                "with secagg.clipping-range, or dp.clip-norm, instead)",
+            )
+        if config.compression.enabled:
+            raise ConfigError(
+                "compression.scheme",
+                "must be 'none' with secagg.enabled: SecAgg+ sums its own fixed-point "
+                "integers modulo 2^32, and a coded update (per-client scales, topk "
+                "indices, sign bits) is not additive",
+            )
 
     # ------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -215,6 +243,12 @@ class BaseStrategy(FlowerFedAvg):
             "seed": self.config.seed,
             # Where clients keep state that outlives the run (fl_app.client_state).
             **({EXPERIMENT: self.run_dir.name} if self.run_dir is not None else {}),
+            # Central DP under SecAgg+: the server cannot clip what it cannot see.
+            **(
+                {DP_CLIP: self.config.dp.clip_norm}
+                if self.config.dp.enabled and self.config.secagg.enabled
+                else {}
+            ),
         }
 
     def fit_parameters(self, parameters: Parameters) -> Parameters:
@@ -414,6 +448,10 @@ class BaseStrategy(FlowerFedAvg):
                 _describe(failure),
             )
         ordered = sorted(results, key=lambda pair: self.partition_of(pair[0]))
+        if self.config.secagg.enabled:
+            ordered = self._only_the_aggregate(ordered)
+            if not ordered:
+                return None, {}
         updates = self.validate(server_round, ordered)
         if self.privacy is not None:
             updates = self._privatize(server_round, updates)
@@ -434,6 +472,32 @@ class BaseStrategy(FlowerFedAvg):
         if new_weights is None:
             return None, metrics
         return ndarrays_to_parameters(new_weights), metrics
+
+    def _only_the_aggregate(
+        self, results: list[tuple[ClientProxy, FitRes]]
+    ) -> list[tuple[ClientProxy, FitRes]]:
+        """Under SecAgg+ every reply carries the same parameters, the average the
+        masked sum gives: check it (recording how many distinct updates arrived),
+        and cast it from SecAgg+'s float64 to the model's dtypes. Empty: refused."""
+        distinct = {tuple(res.parameters.tensors) for _, res in results}
+        self._round.extra["distinct_updates_seen"] = len(distinct)
+        if len(distinct) > 1:
+            log(
+                WARNING,
+                "round %s: SecAgg+ is on, yet %s different updates arrived; "
+                "the model stays unchanged",
+                self._round.round,
+                len(distinct),
+            )
+            return []
+        if not results:
+            return results
+        arrays = parameters_to_ndarrays(results[0][1].parameters)
+        model = self.expected_layout().dtypes
+        if len(arrays) == len(model):
+            arrays = [a.astype(d) for a, d in zip(arrays, model, strict=True)]
+        parameters = ndarrays_to_parameters(arrays)
+        return [(proxy, replace(res, parameters=parameters)) for proxy, res in results]
 
     def _new_weights(
         self, server_round: int, updates: list[ClientUpdate]

@@ -34,6 +34,10 @@ class CenteredClipping(BaseStrategy):
         "its clipping centre is the previous un-noised aggregate, so noise "
         "calibrated to the mean would not give the epsilon the accountant reports"
     )
+    secagg_conflict = (
+        "a robust rule needs each client's update, and SecAgg+ shows the server "
+        "only their sum"
+    )
 
     momentum: NDArrays | None = None  # v, the last aggregate update
 

@@ -28,6 +28,10 @@ class Krum(BaseStrategy, FlowerKrum):
         "Krum selects updates by their distances instead of averaging them, so "
         "noise calibrated to S/m does not bound one client's effect"
     )
+    secagg_conflict = (
+        "a robust rule needs each client's update, and SecAgg+ shows the server "
+        "only their sum"
+    )
 
     def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
         super().__init__(

@@ -21,3 +21,7 @@ class Median(BaseStrategy, FlowerFedMedian):
         "the median's sensitivity to one client is not S/m, so noise calibrated to "
         "the mean would not give the epsilon the accountant reports"
     )
+    secagg_conflict = (
+        "a robust rule needs each client's update, and SecAgg+ shows the server "
+        "only their sum"
+    )

@@ -39,6 +39,10 @@ class Scaffold(BaseStrategy):
         "the control-variate changes travel beside the update un-clipped and "
         "un-noised, so they would leak what DP protects"
     )
+    secagg_conflict = (
+        "its clients' control-variate updates are averaged uniformly, while SecAgg+ "
+        "weights everything it sums by n_k"
+    )
 
     def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
         super().__init__(config, run_dir)

@@ -22,6 +22,10 @@ class TrimmedMean(BaseStrategy, FlowerFedTrimmedAvg):
         "trimming depends on the other clients' values, so noise calibrated to the "
         "plain mean would not give the epsilon the accountant reports"
     )
+    secagg_conflict = (
+        "a robust rule needs each client's update, and SecAgg+ shows the server "
+        "only their sum"
+    )
 
     def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
         super().__init__(config, run_dir, beta=config.trimmed_mean.beta)

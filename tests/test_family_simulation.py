@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from fl_app.attacks import attacking_partitions
 from fl_app.results import SUMMARY_FILE, read_history
@@ -171,3 +172,33 @@ def test_compressed_updates_go_through_flower(
     for row in history[1:]:
         assert row["clients_succeeded"] == 5 and row["rejected_codec"] == 0
         assert row["bytes_received"] * 20 <= row["bytes_sent"]
+
+
+def test_secagg_aggregate_matches_plain_fedavg(
+    superlink: SuperLink, mnist_dir: Path, tmp_path: Path
+) -> None:
+    """One round with SecAgg+ and one without, same seed: the strategy saw only the
+    aggregate (one distinct update), and the new global model equals plain FedAvg's
+    within SecAgg+'s quantization error: a step of 2c/Q on each client's update,
+    scaled by n_k / max-weight, so at most step * max-weight / min n_k."""
+    common = {"num_server_rounds": 1, "fraction_evaluate": 0.0, "seed": 5}
+    status, plain_dir = simulate(superlink, mnist_dir, tmp_path / "plain", **common)
+    completed(status, plain_dir)
+    secure = {
+        "secagg.enabled": True,
+        "validation.max-update-norm": 0.0,
+        "secagg.max-weight": 200.0,
+    }
+    status, secure_dir = simulate(
+        superlink, mnist_dir, tmp_path / "secure", **common, **secure
+    )
+    history = completed(status, secure_dir)
+    assert [row["distinct_updates_seen"] for row in history[1:]] == [1]
+    assert history[1]["clients_succeeded"] == 5
+
+    plain = torch.load(plain_dir / "model.pt", weights_only=True)
+    masked = torch.load(secure_dir / "model.pt", weights_only=True)
+    step = 2 * 8.0 / 4194304
+    bound = step * 200.0 / 150  # n_k >= 150 here (2,000 examples over 10 clients)
+    worst = max(float((plain[k] - masked[k]).abs().max()) for k in plain)
+    assert 0 < worst <= bound, worst
