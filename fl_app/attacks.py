@@ -8,7 +8,9 @@ An attacker trains as usual and then lies about the result:
 * ``sign-flip``: sends ``-factor * update`` (pushes the model uphill);
 * ``scale``: sends ``factor * update`` (boosting, the core of model replacement,
   Bagdasaryan et al. 2020);
-* ``gaussian-noise``: sends ``N(0, sigma^2)`` noise of the update's shape.
+* ``gaussian-noise``: sends ``N(0, sigma^2)`` noise of the update's shape;
+* ``dropout``: not an attack but the commonest fault: the client trains, then goes
+  offline before it replies (what SecAgg+ must survive after masks were shared).
 """
 
 from __future__ import annotations
@@ -37,10 +39,16 @@ def flip_labels(split: Split) -> Split:
     return Split(split.x, (NUM_CLASSES - 1) - split.y)
 
 
+class SimulatedDropout(RuntimeError):
+    """A client that went offline mid-round (``attack.kind = "dropout"``)."""
+
+
 def poison_update(
     attack: AttackConfig, update: NDArrays, rng: np.random.Generator
 ) -> NDArrays:
     """What an attacker sends in place of its honest ``update``."""
+    if attack.kind == "dropout":
+        raise SimulatedDropout("simulated dropout: this client went offline")
     if attack.kind == "sign-flip":
         return [(-attack.factor * u).astype(u.dtype) for u in update]
     if attack.kind == "scale":

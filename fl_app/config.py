@@ -23,7 +23,7 @@ from typing import Any
 from fl_app.compression import SCHEMES, CodecSpec
 
 MODELS = ("mlp", "2nn")
-ATTACKS = ("none", "label-flip", "sign-flip", "gaussian-noise", "scale")
+ATTACKS = ("none", "label-flip", "sign-flip", "gaussian-noise", "scale", "dropout")
 DATASETS = ("mnist", "fashion-mnist")
 PARTITIONERS = ("iid", "dirichlet", "shards")
 # Who says which partition a node trains: the server, dealing partition p to the p-th

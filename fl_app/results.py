@@ -50,7 +50,7 @@ class RoundRecord:
     rejected: dict[str, int] = field(default_factory=dict)
     attackers_sampled: int = 0  # simulated attackers among the sampled (studies)
     epsilon: float = math.nan  # DP budget spent so far, at dp.delta
-    model_updated: bool = True  # False: too few valid replies, previous model kept
+    model_updated: bool = False  # set by aggregation; False: the previous model kept
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_row(self) -> dict[str, Any]:

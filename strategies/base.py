@@ -463,6 +463,8 @@ class BaseStrategy(FlowerFedAvg):
             self.privacy.record(self._population, record.clients_sampled)
         record.clients_succeeded = len(results)
         record.clients_failed = len(failures)
+        if self.config.secagg.enabled:  # SecAggPlusWorkflow lists each one twice
+            record.clients_failed = record.clients_sampled - len(results)
         record.clients_rejected = len(results) - len(updates)
         record.bytes_received = sum(parameters_nbytes(r.parameters) for _, r in results)
         record.train_loss = float(metrics.get("train_loss", math.nan))

@@ -104,7 +104,7 @@ def test_misbehaving_clients_are_rejected_and_the_run_goes_on(
         **{
             "attack.kind": "gaussian-noise",
             "attack.sigma": 50.0,
-            "attack.fraction": 0.3,
+            "attack.fraction": 0.2,  # <= 2 of 5 drop: 3 survivors, the threshold
         },
     )
     history = completed(status, run_dir)
@@ -202,3 +202,37 @@ def test_secagg_aggregate_matches_plain_fedavg(
     bound = step * 200.0 / 150  # n_k >= 150 here (2,000 examples over 10 clients)
     worst = max(float((plain[k] - masked[k]).abs().max()) for k in plain)
     assert 0 < worst <= bound, worst
+
+
+def test_secagg_survives_clients_that_drop_after_sharing_their_masks(
+    superlink: SuperLink, mnist_dir: Path, tmp_path: Path
+) -> None:
+    """attack.kind = dropout: 20% of the clients train and then never reply, i.e.
+    they drop in SecAgg+'s third stage, after the key shares went out. The
+    survivors' shares rebuild the dropped clients' masks: every round with a
+    dropout still updates the model from the survivors' sum alone."""
+    status, run_dir = simulate(
+        superlink,
+        mnist_dir,
+        tmp_path,
+        num_server_rounds=3,
+        fraction_evaluate=0.0,
+        seed=4,
+        **{
+            "secagg.enabled": True,
+            "secagg.num-shares": 5,
+            "secagg.reconstruction-threshold": 3,
+            "validation.max-update-norm": 0.0,
+            "attack.kind": "dropout",
+            "attack.fraction": 0.2,  # <= 2 of 5 drop: 3 survivors, the threshold
+        },
+    )
+    history = completed(status, run_dir)
+    dropped = [row for row in history[1:] if row["attackers_sampled"] > 0]
+    assert dropped, "no round sampled a client that drops: pick another seed"
+    for row in history[1:]:
+        assert row["clients_failed"] == row["attackers_sampled"]
+        assert row["clients_succeeded"] == 5 - row["attackers_sampled"]
+        assert row["model_updated"] is True
+        assert row["distinct_updates_seen"] == 1
+    assert history[-1]["test_accuracy"] > history[0]["test_accuracy"] + 0.1
