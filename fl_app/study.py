@@ -40,6 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
+from fl_app.checkpoint import CHECKPOINT_FILE
 from fl_app.config import DATASETS
 from fl_app.results import read_history, write_atomically, write_json
 from fl_app.runner import (
@@ -196,9 +197,18 @@ class Study:
         wanted: dict[str, Any],
     ) -> RunResult:
         staging = self.runs_dir / INCOMPLETE / name
-        shutil.rmtree(staging, ignore_errors=True)  # what an interrupted try left
-        staging.mkdir(parents=True)
         config = {**run_config, "output-dir": str(staging)}
+        earlier = _resumable(staging)
+        if earlier is not None:  # an interrupted try got that far: continue it
+            config.update({"resume": True, "resume-dir": str(earlier)})
+            print(
+                f"{label}: resuming {earlier} from its checkpoint",
+                file=self.stream or sys.stdout,
+                flush=True,
+            )
+        else:
+            shutil.rmtree(staging, ignore_errors=True)  # a try without a round
+            staging.mkdir(parents=True)
         log_dir = staging / "logs"
         started = time.monotonic()
         runner = self._runner or self._flower_runner
@@ -249,6 +259,8 @@ class Study:
                 f"run {run_id} ended {state} {status.get('status-details', '')}; "
                 f"log {log_path}, ends with:\n{_tail(log_path)}"
             )
+        if run_config.get("resume"):
+            return Path(run_config["resume-dir"])
         output_dir = Path(run_config["output-dir"])
         folders = [p for p in output_dir.glob(f"*-run{run_id}*") if p.is_dir()]
         if len(folders) != 1:
@@ -291,6 +303,19 @@ class Study:
             file=self.stream or sys.stdout,
             flush=True,
         )
+
+
+def _resumable(staging: Path) -> Path | None:
+    """The run folder an interrupted try left in ``staging`` with a checkpoint (it
+    completed a round at least), or None."""
+    if not staging.is_dir():
+        return None
+    found = [
+        p
+        for p in staging.iterdir()
+        if p.is_dir() and not p.is_symlink() and (p / CHECKPOINT_FILE).is_file()
+    ]
+    return found[0] if len(found) == 1 else None
 
 
 def _stop(superlink: Any) -> None:

@@ -3,6 +3,7 @@ r"""Time the app against a single-process loop doing the same SGD steps.
     .venv/bin/python scripts/benchmark.py                # workload W, 10 rounds
     .venv/bin/python scripts/benchmark.py --clients-per-round 10,50,100 \
         --num-clients 100,1000,10000                     # a scaling series
+    .venv/bin/python scripts/benchmark.py --deployed     # + the local TLS federation
 
 Workload W: Fashion-MNIST (``/usr/share/datasets/fashion-mnist``), the 2NN, IID,
 E = 1, B = 10, seed 42; by default 100 virtual clients and 10 a round (C = 0.1).
@@ -132,12 +133,19 @@ def run_app(config: RunConfig, num_supernodes: int, out: Path) -> dict[str, Any]
                     daemon=True,
                 )
                 watcher.start()
+                log_path = out / "logs" / f"run-{num_supernodes}-{time.time_ns()}.log"
+                phases: dict[str, float] = {}
+                threading.Thread(
+                    target=_watch_phases,
+                    args=(log_path, started, phases),
+                    daemon=True,
+                ).start()
                 run_id = flwr_run(
                     APP_DIR,
                     "bench",
                     home,
                     run_config,
-                    log_path=out / "logs" / f"run-{num_supernodes}.log",
+                    log_path=log_path,
                     federation_config=simulation_config(num_supernodes, 1),
                     timeout=3600,
                 )
@@ -156,10 +164,36 @@ def run_app(config: RunConfig, num_supernodes: int, out: Path) -> dict[str, Any]
         "whole_s": whole,
         "peak_pss_mib": memory.peak / 2**20,
         "pss_mib_at_peak": {k: v / 2**20 for k, v in memory.at_peak.items()},
+        "phases_s": phases,
         "bytes_down_per_round": statistics.mean(r["bytes_sent"] for r in rows[1:]),
         "bytes_up_per_round": statistics.mean(r["bytes_received"] for r in rows[1:]),
         "final_accuracy": rows[-1]["test_accuracy"],
     }
+
+
+#: Phases of a run, as the ``flwr run`` log shows them (the first line with each).
+PHASES = {
+    "run accepted": "Starting logstream",
+    "ServerApp built": "results of this run go to",
+    "initial evaluation done": "round 0/",
+    "round 1 sent": "configure_fit: strategy sampled",
+    "round 1 replies in": "aggregate_fit: received",
+    "round 1 done": "round 1/",
+}
+
+
+def _watch_phases(log: Path, started: float, found: dict[str, float]) -> None:
+    """When each of ``PHASES`` first appears in the streamed log (50 ms accuracy)."""
+    while len(found) < len(PHASES) and time.monotonic() - started < 3600:
+        try:
+            text = log.read_text(errors="replace")
+        except OSError:
+            text = ""
+        now = time.monotonic() - started
+        for phase, marker in PHASES.items():
+            if phase not in found and marker in text:
+                found[phase] = now
+        time.sleep(0.05)
 
 
 def _watch_round_1(output_dir: Path, started: float, found: list[float]) -> None:
@@ -235,6 +269,63 @@ def run_reference(config: RunConfig, num_clients: int) -> dict[str, Any]:
     }
 
 
+def run_deployed(rounds: int, data_dir: str, out: Path) -> dict[str, Any]:
+    """The local TLS federation (SuperLink + 3 SuperNodes, node authentication, a
+    third of the training set each), timed from the SuperLink's start."""
+    import subprocess
+
+    from fl_app.federation import Certs, Federation
+
+    with tempfile.TemporaryDirectory(prefix="fl-bench-deploy-") as tmp:
+        certs_dir = Path(tmp) / "certs"
+        subprocess.run(
+            [
+                sys.executable,
+                str(APP_DIR / "scripts" / "make_certs.py"),
+                "--out-dir",
+                str(certs_dir),
+                "--num-supernodes",
+                "3",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        federation = Federation(Certs(certs_dir), out / "federation")
+        started = time.monotonic()
+        try:
+            federation.start_superlink()
+            federation.start_supernodes(3)
+            federation.wait_for_online(3, timeout=120)
+            online = time.monotonic() - started
+            output_dir = out / "runs-deployed"
+            result = federation.run(
+                {
+                    "num-server-rounds": rounds,
+                    "fraction-fit": 1.0,
+                    "min-available-clients": 3,
+                    "dataset": "fashion-mnist",
+                    "data-dir": data_dir,
+                    "output-dir": str(output_dir),
+                }
+            )
+            whole = time.monotonic() - started
+        finally:
+            with uninterruptible():
+                federation.stop()
+    if not result.completed:
+        raise RuntimeError(f"deployed run: {result.status} {result.details}")
+    rows = read_history((output_dir / "latest").resolve())
+    seconds = [r["round_seconds"] for r in rows[1:]]
+    return {
+        "nodes_online_s": online,
+        "round_1_s": seconds[0],
+        "steady_round_s": steady(seconds),
+        "round_seconds": seconds,
+        "whole_s": whole,
+        "final_accuracy": rows[-1]["test_accuracy"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -252,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--clients-per-round", default="10", help="comma-separated")
     parser.add_argument("--data-dir", default=DATA_DIR)
+    parser.add_argument(
+        "--deployed",
+        action="store_true",
+        help="also time 3 rounds on the local TLS federation (3 SuperNodes)",
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmark"))
     args = parser.parse_args(argv)
     out = args.out.resolve()
@@ -284,6 +380,31 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 write_json(out / "benchmark.json", rows)
                 print(_table(rows), flush=True)
+                print(
+                    "phases (s from flwr run):",
+                    ", ".join(f"{k} {v:.1f}" for k, v in app["phases_s"].items()),
+                    "| PSS MiB at the peak:",
+                    ", ".join(
+                        f"{k} {v:.0f}"
+                        for k, v in sorted(
+                            app["pss_mib_at_peak"].items(), key=lambda kv: -kv[1]
+                        )
+                    ),
+                    flush=True,
+                )
+        if args.deployed:
+            deployed = run_deployed(3, args.data_dir, out)
+            write_json(out / "deployed.json", deployed)
+            print(
+                "deployed, 3 SuperNodes over TLS: nodes online "
+                f"{deployed['nodes_online_s']:.1f} s, round 1 "
+                f"{deployed['round_1_s']:.1f} s, steady "
+                f"{deployed['steady_round_s']:.1f} s/round (rounds: "
+                + ", ".join(f"{x:.1f}" for x in deployed["round_seconds"])
+                + f"), whole command {deployed['whole_s']:.1f} s, accuracy "
+                f"{100 * deployed['final_accuracy']:.2f}%",
+                flush=True,
+            )
     return 0
 
 

@@ -8,8 +8,10 @@ Each round runs one pipeline, the same for every strategy:
    a draw over partition ids from ``(seed, round)``, since Flower samples with the
    unseeded ``random`` module and node ids are random in every run;
 2. **order** replies by partition id, so float sums do not depend on arrival order;
-3. **validate** each reply (``strategies.validation``): a malformed one is dropped
-   with its reason and counted, never aggregated;
+3. **validate** each reply (``strategies.validation``), after decoding it when
+   clients compress (``compression.scheme``): a malformed one is dropped with its
+   reason and counted, never aggregated. Under SecAgg+ every reply carries the same
+   aggregate, and the pipeline checks that it does;
 4. **privatize** when central DP is on (``fl_app.privacy``): clip, uniform weights,
    Gaussian noise;
 5. **aggregate**: ``aggregate`` turns each update back into weights ``w_t + delta_k``
@@ -20,8 +22,9 @@ Each round runs one pipeline, the same for every strategy:
    central test accuracy and goes to disk, with the model and the plot, before the
    next round starts.
 
-Clients send updates ``w_k - w_t``, not weights: validation bounds, DP clipping and
-(later) compression all act on the same object.
+Clients send updates ``w_k - w_t``, not weights: validation bounds, DP clipping,
+compression and SecAgg+ all act on the same object. Flower numbers a resumed run's
+rounds from 1; every callback adds ``round_offset``, the rounds the checkpoint held.
 """
 
 from __future__ import annotations

@@ -283,3 +283,35 @@ def test_attack_study_reports_drops_and_verdicts(
     assert (tmp_path / "out" / "attacks.png").read_bytes()[:8] == PNG
     numbers = json.loads((tmp_path / "out" / "attacks.json").read_text())
     assert numbers["strategies"]["fedavg"]["sign-flip"]["drop_points"] == 74.0
+
+
+def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path: Path) -> None:
+    """A try that completed a round (its folder holds a checkpoint) is resumed in
+    that folder, not started again; a try without one is started afresh."""
+
+    class Interrupted(FakeRunner):
+        def __call__(
+            self, run_config: dict[str, Any], num_supernodes: int, log_dir: Path
+        ) -> Path:
+            run_dir = super().__call__(run_config, num_supernodes, log_dir)
+            (run_dir / "checkpoint.npz").write_bytes(b"round 2")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with Study(tmp_path, runner=Interrupted(), stream=io.StringIO()) as study:
+            study.run("fedavg", {"strategy": "fedavg"}, 10)
+
+    class Resumed(FakeRunner):
+        def __call__(
+            self, run_config: dict[str, Any], num_supernodes: int, log_dir: Path
+        ) -> Path:
+            self.calls.append(run_config)
+            return Path(run_config["resume-dir"])
+
+    runner = Resumed()
+    with Study(tmp_path, runner=runner, stream=io.StringIO()) as study:
+        study.run("fedavg", {"strategy": "fedavg"}, 10)
+    (config,) = runner.calls
+    assert config["resume"] is True
+    assert Path(config["resume-dir"]).name == "20260101-000000-run1"
+    assert (tmp_path / "runs" / "fedavg" / "checkpoint.npz").read_bytes() == b"round 2"
