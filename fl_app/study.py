@@ -42,6 +42,7 @@ from typing import Any, TextIO
 
 from fl_app.checkpoint import CHECKPOINT_FILE
 from fl_app.config import DATASETS
+from fl_app.data import cache_dir
 from fl_app.results import read_history, write_atomically, write_json
 from fl_app.runner import (
     FlowerHome,
@@ -229,6 +230,9 @@ class Study:
                 "run_folder": run_dir.name,
             },
         )
+        # A finished study run is never resumed: its clients' state (SCAFFOLD's
+        # c_i, error-feedback residuals, ~1.6 MB a client) can go.
+        shutil.rmtree(cache_dir() / "client-state" / run_dir.name, ignore_errors=True)
         os.replace(run_dir, self.runs_dir / name)  # same filesystem: atomic
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):

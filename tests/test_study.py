@@ -315,3 +315,17 @@ def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path: Path) -> Non
     assert config["resume"] is True
     assert Path(config["resume-dir"]).name == "20260101-000000-run1"
     assert (tmp_path / "runs" / "fedavg" / "checkpoint.npz").read_bytes() == b"round 2"
+
+
+def test_a_finished_run_leaves_no_client_state_behind(tmp_path: Path) -> None:
+    from fl_app.data import cache_dir
+
+    state = cache_dir() / "client-state" / "20260101-000000-run1" / "partition-0"
+    state.mkdir(parents=True)
+    (state / "round-1.bin").write_bytes(b"c_i")
+    other = cache_dir() / "client-state" / "another-run"
+    other.mkdir(parents=True)
+    with Study(tmp_path, runner=FakeRunner(), stream=io.StringIO()) as study:
+        study.run("fedavg", {"strategy": "fedavg"}, 10)
+    assert not state.parent.exists()
+    assert other.exists()
