@@ -31,12 +31,10 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from functools import cached_property
 from logging import INFO, WARNING
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.common import (
@@ -45,7 +43,6 @@ from flwr.common import (
     EvaluateRes,
     FitIns,
     FitRes,
-    GetPropertiesIns,
     NDArrays,
     Parameters,
     Scalar,
@@ -56,7 +53,6 @@ from flwr.common import (
 )
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
-from flwr.server.criterion import Criterion
 from flwr.server.strategy import FedAvg as FlowerFedAvg
 
 from fl_app import results as outputs
@@ -68,6 +64,12 @@ from fl_app.data import load_split
 from fl_app.model import build_model, get_weights, set_weights
 from fl_app.privacy import DP_CLIP, PrivacyLedger, privatize
 from fl_app.training import evaluate
+from strategies.sampling import (
+    _EVALUATE,
+    _FIT,
+    SeededDraw,
+    SeededSampling,
+)
 from strategies.validation import (
     REASONS,
     Layout,
@@ -76,14 +78,8 @@ from strategies.validation import (
     decoded,
 )
 
-_Ins = TypeVar("_Ins", FitIns, EvaluateIns)
-
-# Salts that keep the seeded draws of one round independent.
-_FIT, _EVALUATE, _DP_NOISE = 0, 1, 2
-
-
-class NotEnoughClientsError(RuntimeError):
-    """Fewer clients connected than the run needs, within the configured wait."""
+# Salt of the seeded DP noise (the draws' salts are in strategies.sampling).
+_DP_NOISE = 2
 
 
 @dataclass
@@ -118,7 +114,7 @@ def weighted_metrics(metrics: list[tuple[int, dict[str, Scalar]]]) -> dict[str, 
     return {key: sums[key] / weights[key] for key in sums}
 
 
-class BaseStrategy(FlowerFedAvg):
+class BaseStrategy(SeededSampling, FlowerFedAvg):
     """Flower's FedAvg, seeded, validated, evaluated centrally, history on disk.
 
     ``**flower_kwargs`` go to the constructor of the Flower strategy a subclass mixes
@@ -156,11 +152,8 @@ class BaseStrategy(FlowerFedAvg):
         self.privacy = PrivacyLedger(config.dp) if config.dp.enabled else None
         self.stop_reason: str | None = None
         self.round_offset = 0  # rounds done before this run: Flower counts from 1
-        self._partition_of: dict[str, int] = {}  # node -> partition it serves
-        self._nodes: list[ClientProxy] = []  # who can be sampled, in partition order
-        self._num_partitions = 0
+        self.init_sampling()
         self._round = _new_record(0)
-        self._population = 0  # clients the current round was drawn from
         self._started = self._round_started = time.monotonic()
         if run_dir is not None:
             outputs.write_json(run_dir / outputs.CONFIG_FILE, asdict(config))
@@ -273,7 +266,7 @@ class BaseStrategy(FlowerFedAvg):
         if self.stop_reason is not None:
             return []
         self.global_weights = parameters_to_ndarrays(parameters)
-        sampler = _SeededDraw(self, client_manager, server_round, _FIT)
+        sampler = SeededDraw(self, client_manager, server_round, _FIT)
         instructions = [
             (client, self._addressed(client, ins))
             for client, ins in super().configure_fit(
@@ -298,130 +291,13 @@ class BaseStrategy(FlowerFedAvg):
         server_round += self.round_offset
         if self.stop_reason is not None:
             return []
-        sampler = _SeededDraw(self, client_manager, server_round, _EVALUATE)
+        sampler = SeededDraw(self, client_manager, server_round, _EVALUATE)
         return [
             (client, self._addressed(client, ins))
             for client, ins in super().configure_evaluate(
                 server_round, parameters, sampler
             )
         ]
-
-    # ------------------------------------------------------------- seeded sampling
-    def population(self, client_manager: ClientManager, server_round: int) -> int:
-        """K, the clients a round is drawn from: ``num-partitions`` (or one per
-        connected node) when the server deals partitions, else the connected nodes
-        that told us their partition."""
-        needed = self.min_available_clients
-        timeout = self.config.min_available_timeout
-        if not client_manager.wait_for(needed, timeout=math.ceil(timeout)):
-            raise NotEnoughClientsError(
-                f"round {server_round}: only {client_manager.num_available()} of the "
-                f"{needed} clients required by 'min-available-clients' connected "
-                f"within 'min-available-timeout' = {timeout:g}s; start more SuperNodes "
-                "or lower 'min-available-clients'"
-            )
-        available = client_manager.all()
-        if self.config.partition_source == "server":
-            self._nodes = sorted(available.values(), key=lambda c: _node_order(c.cid))
-            self._num_partitions = self.config.num_partitions or len(self._nodes)
-            return self._num_partitions
-        self._learn_partitions(available, server_round)
-        known = [c for cid, c in available.items() if cid in self._partition_of]
-        self._nodes = sorted(known, key=lambda client: self._partition_of[client.cid])
-        return len(self._nodes)
-
-    def sample_clients(
-        self, population: int, server_round: int, num_clients: int, salt: int
-    ) -> list[ClientProxy]:
-        """Choose clients reproducibly: a draw from ``(seed, round)`` over the
-        population, in partition order, then the nodes that will serve them."""
-        if salt == _FIT:
-            self._population = population  # K of the DP accountant's m of K
-        rng = np.random.default_rng([self.config.seed, server_round, salt])
-        size = min(num_clients, population)
-        chosen = np.sort(rng.choice(population, size=size, replace=False))
-        if self.config.partition_source == "server":
-            return self._deal(chosen.tolist(), server_round)
-        return [self._nodes[i] for i in chosen]
-
-    def _deal(self, partitions: list[int], server_round: int) -> list[ClientProxy]:
-        """Partition p to node ``p mod N`` (by node id), or the next one free.
-
-        No message is needed: node ids are random, but the draw is over partitions,
-        so the same seed gives the same history. With one partition per node
-        (``num-partitions = 0``) a node serves the same partition all run; with
-        more, a node serves whichever partition it is dealt (client state is kept
-        by partition, in ``fl_app.client_state``, not by node).
-        """
-        nodes = self._nodes
-        if len(partitions) > len(nodes):
-            raise NotEnoughClientsError(
-                f"round {server_round}: {len(partitions)} clients sampled of "
-                f"num-partitions = {self._num_partitions}, but only {len(nodes)} "
-                "SuperNodes serve them; start at least as many SuperNodes "
-                "(num-supernodes) as clients sampled a round"
-            )
-        taken: set[int] = set()
-        self._partition_of = {}
-        dealt = []
-        for partition in partitions:
-            index = partition % len(nodes)
-            while index in taken:
-                index = (index + 1) % len(nodes)
-            taken.add(index)
-            self._partition_of[nodes[index].cid] = partition
-            dealt.append(nodes[index])
-        return dealt
-
-    def _addressed(self, client: ClientProxy, ins: _Ins) -> _Ins:
-        """The instructions for one client, naming its partition when the server
-        deals them (Flower shares one ``FitIns`` between all clients)."""
-        if self.config.partition_source != "server":
-            return ins
-        config = {
-            **ins.config,
-            "partition-id": self.partition_of(client),
-            "num-partitions": self._num_partitions,
-        }
-        return replace(ins, config=config)
-
-    def _learn_partitions(
-        self, available: dict[str, ClientProxy], server_round: int
-    ) -> None:
-        """Ask each node not met yet which partition it holds (once per node)."""
-        new = [c for cid, c in available.items() if cid not in self._partition_of]
-        if not new:
-            return
-        timeout = self.config.round_timeout or None
-
-        def ask(client: ClientProxy) -> tuple[str, int | None, int]:
-            try:
-                res = client.get_properties(
-                    GetPropertiesIns({}), timeout=timeout, group_id=server_round
-                )
-                properties = res.properties
-                return (
-                    client.cid,
-                    int(properties["partition-id"]),
-                    int(properties.get("num-partitions", 0)),
-                )
-            except Exception as error:
-                log(
-                    WARNING,
-                    "node %s did not report its partition: %s",
-                    client.cid,
-                    error,
-                )
-                return client.cid, None, 0
-
-        with ThreadPoolExecutor(max_workers=min(32, len(new))) as pool:
-            for cid, partition, num_partitions in pool.map(ask, new):
-                if partition is not None:
-                    self._partition_of[cid] = partition
-                    self._num_partitions = max(self._num_partitions, num_partitions)
-
-    def partition_of(self, client: ClientProxy) -> int:
-        return self._partition_of.get(client.cid, -1)
 
     def _attackers(self) -> frozenset[int]:
         """The simulated attackers, for the history's count only: the rules never
@@ -764,53 +640,6 @@ class BaseStrategy(FlowerFedAvg):
             )
 
 
-class _SeededDraw(ClientManager):
-    """The client manager as Flower's ``configure_fit`` sees it: the real one, except
-    that ``sample`` is the strategy's seeded draw for this round."""
-
-    def __init__(
-        self,
-        strategy: BaseStrategy,
-        manager: ClientManager,
-        server_round: int,
-        salt: int,
-    ) -> None:
-        self.strategy = strategy
-        self.manager = manager
-        self.server_round = server_round
-        self.salt = salt
-
-    @cached_property
-    def population(self) -> int:
-        """Looked up once: Flower asks ``num_available`` and then ``sample``."""
-        return self.strategy.population(self.manager, self.server_round)
-
-    def num_available(self) -> int:
-        return self.population
-
-    def sample(
-        self,
-        num_clients: int,
-        min_num_clients: int | None = None,
-        criterion: Criterion | None = None,
-    ) -> list[ClientProxy]:
-        return self.strategy.sample_clients(
-            self.population, self.server_round, num_clients, self.salt
-        )
-
-    def register(self, client: ClientProxy) -> bool:
-        return self.manager.register(client)
-
-    def unregister(self, client: ClientProxy) -> None:
-        self.manager.unregister(client)
-
-    def all(self) -> dict[str, ClientProxy]:
-        return self.manager.all()
-
-    def wait_for(self, num_clients: int, timeout: int) -> bool:
-        return self.manager.wait_for(num_clients, timeout)
-
-
 def _new_record(server_round: int) -> outputs.RoundRecord:
     """An empty row for a round, with a zero count for every rejection reason."""
     return outputs.RoundRecord(
@@ -819,11 +648,6 @@ def _new_record(server_round: int) -> outputs.RoundRecord:
         test_accuracy=math.nan,
         rejected=dict.fromkeys(REASONS, 0),
     )
-
-
-def _node_order(cid: str) -> tuple[int, int, str]:
-    """Node ids are integers (as strings); order them numerically."""
-    return (0, int(cid), "") if cid.isdigit() else (1, 0, cid)
 
 
 def _all_finite(arrays: NDArrays) -> bool:

@@ -22,7 +22,7 @@ from flwr.server.client_proxy import ClientProxy
 import strategies
 from fl_app.config import ConfigError, RunConfig
 from fl_app.model import get_weights
-from strategies.base import NotEnoughClientsError
+from strategies.sampling import NotEnoughClientsError
 from tests.fakes import FakeNode
 
 NUM_NODES = 20

@@ -1,0 +1,225 @@
+"""Seeded client sampling: which clients a round trains, reproducibly for a seed.
+
+Flower samples with the unseeded ``random`` module, and node ids are random in every
+run; here a round's clients are a draw over partitions from ``(seed, round)``, so the
+same seed trains the same clients whatever the node ids. Two ways to know which
+node serves which partition (``partition-source``):
+
+* ``server`` (simulation): the server deals partition p to node ``p mod N`` (by node
+  id, or the next one free) and names it in the message; no node is asked anything,
+  so a round's messages are the clients sampled, and K virtual clients
+  (``num-partitions``) can run on fewer SuperNodes;
+* ``node`` (deployment): each node holds its own partition (``--node-config``) and
+  is asked once which.
+
+``BaseStrategy`` mixes ``SeededSampling`` in and hands Flower's ``configure_fit`` a
+``SeededDraw``: the real client manager, except that ``sample`` is this draw.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from functools import cached_property
+from logging import WARNING
+from typing import TypeVar
+
+import numpy as np
+from flwr.common import EvaluateIns, FitIns, GetPropertiesIns, log
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.criterion import Criterion
+
+from fl_app.config import RunConfig
+
+_Ins = TypeVar("_Ins", FitIns, EvaluateIns)
+
+# Salts that keep the seeded draws of one round independent.
+_FIT, _EVALUATE = 0, 1
+
+
+class NotEnoughClientsError(RuntimeError):
+    """Fewer clients connected than the run needs, within the configured wait."""
+
+
+class SeededSampling:
+    """The sampling half of ``BaseStrategy`` (it needs ``config`` and Flower's
+    ``min_available_clients``)."""
+
+    config: RunConfig
+    min_available_clients: int
+
+    def init_sampling(self) -> None:
+        self._partition_of: dict[str, int] = {}  # node -> partition it serves
+        self._nodes: list[ClientProxy] = []  # who can be sampled, in partition order
+        self._num_partitions = 0
+        self._population = 0  # clients the current round was drawn from
+
+    def population(self, client_manager: ClientManager, server_round: int) -> int:
+        """K, the clients a round is drawn from: ``num-partitions`` (or one per
+        connected node) when the server deals partitions, else the connected nodes
+        that told us their partition."""
+        needed = self.min_available_clients
+        timeout = self.config.min_available_timeout
+        if not client_manager.wait_for(needed, timeout=math.ceil(timeout)):
+            raise NotEnoughClientsError(
+                f"round {server_round}: only {client_manager.num_available()} of the "
+                f"{needed} clients required by 'min-available-clients' connected "
+                f"within 'min-available-timeout' = {timeout:g}s; start more SuperNodes "
+                "or lower 'min-available-clients'"
+            )
+        available = client_manager.all()
+        if self.config.partition_source == "server":
+            self._nodes = sorted(available.values(), key=lambda c: _node_order(c.cid))
+            self._num_partitions = self.config.num_partitions or len(self._nodes)
+            return self._num_partitions
+        self._learn_partitions(available, server_round)
+        known = [c for cid, c in available.items() if cid in self._partition_of]
+        self._nodes = sorted(known, key=lambda client: self._partition_of[client.cid])
+        return len(self._nodes)
+
+    def sample_clients(
+        self, population: int, server_round: int, num_clients: int, salt: int
+    ) -> list[ClientProxy]:
+        """Choose clients reproducibly: a draw from ``(seed, round)`` over the
+        population, in partition order, then the nodes that will serve them."""
+        if salt == _FIT:
+            self._population = population  # K of the DP accountant's m of K
+        rng = np.random.default_rng([self.config.seed, server_round, salt])
+        size = min(num_clients, population)
+        chosen = np.sort(rng.choice(population, size=size, replace=False))
+        if self.config.partition_source == "server":
+            return self._deal(chosen.tolist(), server_round)
+        return [self._nodes[i] for i in chosen]
+
+    def _deal(self, partitions: list[int], server_round: int) -> list[ClientProxy]:
+        """Partition p to node ``p mod N`` (by node id), or the next one free.
+
+        No message is needed: node ids are random, but the draw is over partitions,
+        so the same seed gives the same history. With one partition per node
+        (``num-partitions = 0``) a node serves the same partition all run; with
+        more, a node serves whichever partition it is dealt (client state is kept
+        by partition, in ``fl_app.client_state``, not by node).
+        """
+        nodes = self._nodes
+        if len(partitions) > len(nodes):
+            raise NotEnoughClientsError(
+                f"round {server_round}: {len(partitions)} clients sampled of "
+                f"num-partitions = {self._num_partitions}, but only {len(nodes)} "
+                "SuperNodes serve them; start at least as many SuperNodes "
+                "(num-supernodes) as clients sampled a round"
+            )
+        taken: set[int] = set()
+        self._partition_of = {}
+        dealt = []
+        for partition in partitions:
+            index = partition % len(nodes)
+            while index in taken:
+                index = (index + 1) % len(nodes)
+            taken.add(index)
+            self._partition_of[nodes[index].cid] = partition
+            dealt.append(nodes[index])
+        return dealt
+
+    def _addressed(self, client: ClientProxy, ins: _Ins) -> _Ins:
+        """The instructions for one client, naming its partition when the server
+        deals them (Flower shares one ``FitIns`` between all clients)."""
+        if self.config.partition_source != "server":
+            return ins
+        config = {
+            **ins.config,
+            "partition-id": self.partition_of(client),
+            "num-partitions": self._num_partitions,
+        }
+        return replace(ins, config=config)
+
+    def _learn_partitions(
+        self, available: dict[str, ClientProxy], server_round: int
+    ) -> None:
+        """Ask each node not met yet which partition it holds (once per node)."""
+        new = [c for cid, c in available.items() if cid not in self._partition_of]
+        if not new:
+            return
+        timeout = self.config.round_timeout or None
+
+        def ask(client: ClientProxy) -> tuple[str, int | None, int]:
+            try:
+                res = client.get_properties(
+                    GetPropertiesIns({}), timeout=timeout, group_id=server_round
+                )
+                properties = res.properties
+                return (
+                    client.cid,
+                    int(properties["partition-id"]),
+                    int(properties.get("num-partitions", 0)),
+                )
+            except Exception as error:
+                log(
+                    WARNING,
+                    "node %s did not report its partition: %s",
+                    client.cid,
+                    error,
+                )
+                return client.cid, None, 0
+
+        with ThreadPoolExecutor(max_workers=min(32, len(new))) as pool:
+            for cid, partition, num_partitions in pool.map(ask, new):
+                if partition is not None:
+                    self._partition_of[cid] = partition
+                    self._num_partitions = max(self._num_partitions, num_partitions)
+
+    def partition_of(self, client: ClientProxy) -> int:
+        return self._partition_of.get(client.cid, -1)
+
+
+class SeededDraw(ClientManager):
+    """The client manager as Flower's ``configure_fit`` sees it: the real one, except
+    that ``sample`` is the strategy's seeded draw for this round."""
+
+    def __init__(
+        self,
+        strategy: SeededSampling,
+        manager: ClientManager,
+        server_round: int,
+        salt: int,
+    ) -> None:
+        self.strategy = strategy
+        self.manager = manager
+        self.server_round = server_round
+        self.salt = salt
+
+    @cached_property
+    def population(self) -> int:
+        """Looked up once: Flower asks ``num_available`` and then ``sample``."""
+        return self.strategy.population(self.manager, self.server_round)
+
+    def num_available(self) -> int:
+        return self.population
+
+    def sample(
+        self,
+        num_clients: int,
+        min_num_clients: int | None = None,
+        criterion: Criterion | None = None,
+    ) -> list[ClientProxy]:
+        return self.strategy.sample_clients(
+            self.population, self.server_round, num_clients, self.salt
+        )
+
+    def register(self, client: ClientProxy) -> bool:
+        return self.manager.register(client)
+
+    def unregister(self, client: ClientProxy) -> None:
+        self.manager.unregister(client)
+
+    def all(self) -> dict[str, ClientProxy]:
+        return self.manager.all()
+
+    def wait_for(self, num_clients: int, timeout: int) -> bool:
+        return self.manager.wait_for(num_clients, timeout)
+
+
+def _node_order(cid: str) -> tuple[int, int, str]:
+    """Node ids are integers (as strings); order them numerically."""
+    return (0, int(cid), "") if cid.isdigit() else (1, 0, cid)
