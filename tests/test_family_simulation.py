@@ -236,3 +236,28 @@ def test_secagg_survives_clients_that_drop_after_sharing_their_masks(
         assert row["model_updated"] is True
         assert row["distinct_updates_seen"] == 1
     assert history[-1]["test_accuracy"] > history[0]["test_accuracy"] + 0.1
+
+
+def test_secagg_with_central_dp_clips_on_the_clients_and_spends_epsilon(
+    superlink: SuperLink, mnist_dir: Path, tmp_path: Path
+) -> None:
+    """Central DP under SecAgg+: the clients clip (the server cannot see their
+    updates), the server adds the noise to the aggregate and accounts for it."""
+    status, run_dir = simulate(
+        superlink,
+        mnist_dir,
+        tmp_path,
+        num_server_rounds=2,
+        fraction_evaluate=0.0,
+        **{
+            "secagg.enabled": True,
+            "validation.max-update-norm": 0.0,
+            "dp.clip-norm": 1.0,
+            "dp.noise-multiplier": 0.5,
+            "dp.noise-seed": 1,
+        },
+    )
+    history = completed(status, run_dir)
+    assert [row["distinct_updates_seen"] for row in history[1:]] == [1, 1]
+    assert all(row["model_updated"] for row in history[1:])
+    assert 0 < history[1]["epsilon"] < history[2]["epsilon"]
