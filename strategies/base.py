@@ -65,8 +65,8 @@ from fl_app.model import build_model, get_weights, set_weights
 from fl_app.privacy import DP_CLIP, PrivacyLedger, privatize
 from fl_app.training import evaluate
 from strategies.sampling import (
-    _EVALUATE,
-    _FIT,
+    EVALUATE_DRAW,
+    FIT_DRAW,
     SeededDraw,
     SeededSampling,
 )
@@ -266,7 +266,7 @@ class BaseStrategy(SeededSampling, FlowerFedAvg):
         if self.stop_reason is not None:
             return []
         self.global_weights = parameters_to_ndarrays(parameters)
-        sampler = SeededDraw(self, client_manager, server_round, _FIT)
+        sampler = SeededDraw(self, client_manager, server_round, FIT_DRAW)
         instructions = [
             (client, self._addressed(client, ins))
             for client, ins in super().configure_fit(
@@ -291,7 +291,7 @@ class BaseStrategy(SeededSampling, FlowerFedAvg):
         server_round += self.round_offset
         if self.stop_reason is not None:
             return []
-        sampler = SeededDraw(self, client_manager, server_round, _EVALUATE)
+        sampler = SeededDraw(self, client_manager, server_round, EVALUATE_DRAW)
         return [
             (client, self._addressed(client, ins))
             for client, ins in super().configure_evaluate(

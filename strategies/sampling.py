@@ -36,7 +36,7 @@ from fl_app.config import RunConfig
 _Ins = TypeVar("_Ins", FitIns, EvaluateIns)
 
 # Salts that keep the seeded draws of one round independent.
-_FIT, _EVALUATE = 0, 1
+FIT_DRAW, EVALUATE_DRAW = 0, 1
 
 
 class NotEnoughClientsError(RuntimeError):
@@ -84,7 +84,7 @@ class SeededSampling:
     ) -> list[ClientProxy]:
         """Choose clients reproducibly: a draw from ``(seed, round)`` over the
         population, in partition order, then the nodes that will serve them."""
-        if salt == _FIT:
+        if salt == FIT_DRAW:
             self._population = population  # K of the DP accountant's m of K
         rng = np.random.default_rng([self.config.seed, server_round, salt])
         size = min(num_clients, population)
