@@ -205,3 +205,18 @@ def test_the_store_follows_the_message_and_the_node_config(tmp_path: Path) -> No
     assert store is not None and store.folder == tmp_path / "exp" / "partition-3"
     with pytest.raises(ValueError, match="plain name"):
         NodeStore.for_message({"state-dir": str(tmp_path)}, {EXPERIMENT: "../x"}, 3)
+
+
+def test_the_scripts_resume_option_checks_the_folder(tmp_path: Path) -> None:
+    from fl_app.runner import resume_from
+
+    with pytest.raises(FileNotFoundError, match="no checkpoint.npz"):
+        resume_from({"seed": 1}, tmp_path)
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"")
+    config = resume_from({"seed": 1, "output-dir": "/elsewhere"}, tmp_path)
+    assert config == {
+        "seed": 1,
+        "resume": True,
+        "resume-dir": str(tmp_path.resolve()),
+        "output-dir": str(tmp_path.resolve().parent),
+    }
