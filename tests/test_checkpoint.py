@@ -210,7 +210,7 @@ def test_the_store_follows_the_message_and_the_node_config(tmp_path: Path) -> No
 def test_the_scripts_resume_option_checks_the_folder(tmp_path: Path) -> None:
     from fl_app.runner import resume_from
 
-    with pytest.raises(FileNotFoundError, match="no checkpoint.npz"):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint\.npz"):
         resume_from({"seed": 1}, tmp_path)
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"")
     config = resume_from({"seed": 1, "output-dir": "/elsewhere"}, tmp_path)
