@@ -113,7 +113,9 @@ def steady(seconds: list[float]) -> float:
     return statistics.median(seconds[1:]) if len(seconds) > 1 else math.nan
 
 
-def run_app(config: RunConfig, num_supernodes: int, out: Path) -> dict[str, Any]:
+def run_app(
+    config: RunConfig, num_supernodes: int, out: Path, cpus_per_client: int = 1
+) -> dict[str, Any]:
     """The app through ``flwr run`` on a SuperLink started beforehand."""
     keys = ("num-server-rounds", "fraction-fit", "min-available-clients", "dataset")
     keys += ("data-dir", "seed", "output-dir", "num-partitions")
@@ -146,7 +148,9 @@ def run_app(config: RunConfig, num_supernodes: int, out: Path) -> dict[str, Any]
                     home,
                     run_config,
                     log_path=log_path,
-                    federation_config=simulation_config(num_supernodes, 1),
+                    federation_config=simulation_config(
+                        num_supernodes, cpus_per_client
+                    ),
                     timeout=3600,
                 )
                 whole = time.monotonic() - started
@@ -344,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients-per-round", default="10", help="comma-separated")
     parser.add_argument("--data-dir", default=DATA_DIR)
     parser.add_argument(
+        "--cpus-per-client",
+        type=int,
+        default=1,
+        help="Ray CPUs per client: 1 = one actor per core, 2 = one actor here",
+    )
+    parser.add_argument(
         "--deployed",
         action="store_true",
         help="also time 3 rounds on the local TLS federation (3 SuperNodes)",
@@ -367,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                     data_dir=args.data_dir,
                     output_dir=str(out / f"runs-{clients}-{per_round}"),
                 )
-                app = run_app(config, nodes, out)
+                app = run_app(config, nodes, out, args.cpus_per_client)
                 reference = run_reference(config, clients)
                 rows.append(
                     {
