@@ -415,11 +415,14 @@ class BaseStrategy(SeededSampling, FlowerFedAvg):
         num_model = len(self.global_weights)
         bounds = self.config.validation
         updates = []
-        codec = self.config.compression
+        codec = (
+            self.config.compression.spec() if self.config.compression.enabled else None
+        )
+        model = Layout.of(self.global_weights)
         for client, res in results:
             try:
-                if codec.enabled:
-                    res = decoded(res, codec.spec(), Layout.of(self.global_weights))
+                if codec is not None:
+                    res = decoded(res, codec, model)
                 arrays = checked_arrays(
                     res,
                     layout,
