@@ -39,6 +39,9 @@ BASE_ENV = {
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     "RAY_DEDUP_LOGS": "1",
     "PYTHONUNBUFFERED": "1",
+    # The SuperExec (which starts the simulation, and a SuperNode's ClientApp
+    # processes) looks for new work every second by default; 0.1 s costs nothing.
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
 }
 
 

@@ -6,6 +6,7 @@ round so that a round re-run after a crash starts from the state before it."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +221,33 @@ def test_the_scripts_resume_option_checks_the_folder(tmp_path: Path) -> None:
         "resume-dir": str(tmp_path.resolve()),
         "output-dir": str(tmp_path.resolve().parent),
     }
+
+
+@pytest.mark.parametrize(
+    ("every", "plotted_after"), [(3600.0, [3]), (0.0, [0, 1, 2, 3])]
+)
+def test_the_plot_is_redrawn_when_due_and_at_the_end(
+    mnist_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    every: float,
+    plotted_after: list[int],
+) -> None:
+    """A drawing costs a steady round's time: not every round, but never missing."""
+    import strategies.base as base
+
+    plotted: list[int] = []
+    monkeypatch.setattr(base, "PLOT_EVERY_S", every)
+    monkeypatch.setattr(
+        base.outputs,
+        "plot_history",
+        lambda _d, records, _t: plotted.append(len(records) - 1),
+    )
+    strategy = make_run(mnist_dir, tmp_path / "run")
+    strategy.config = replace(strategy.config, num_server_rounds=3)
+    strategy.evaluate(0, ndarrays_to_parameters(strategy.global_weights))
+    clients = manager()
+    for server_round in (1, 2, 3):
+        play(strategy, clients, server_round)
+    assert plotted == plotted_after
+    assert (tmp_path / "run" / "history.csv").read_text().count("\n") == 5  # every row
