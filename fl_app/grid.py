@@ -1,18 +1,19 @@
-"""A ServerApp grid that collects replies as they arrive, not every 3 s.
+"""A ServerApp grid that collects every reply with one poller, soon after it lands.
 
-Flower 1.42's ``HttpGrid`` (the deployed ServerApp's link to the SuperLink) waits a
-fixed 3 s between pulls of replies, so a deployed round lasts up to 3 s longer than
-its slowest client. ``PromptGrid`` keeps Flower's grid for everything and only
-re-implements ``send_and_receive`` on its public ``push_messages`` and
-``pull_messages``: it pulls after 0.05 s, then at intervals growing by half up to
-0.5 s. The legacy server loop waits for each client in its own thread, so the growth
-keeps a round of many clients from flooding the SuperLink (100 waiting clients: at
-most 200 pulls a second). The in-memory grid of the simulation already pulls every
-0.1 s and is used as it is.
+Flower's legacy server loop waits for each sampled client in its own thread, and each
+thread's ``send_and_receive`` pulls its one reply on a fixed clock: every 3 s in a
+deployment (``HttpGrid``), so a round lasts up to 3 s longer than its slowest client,
+and every 0.1 s in the simulation (``InMemoryGrid``), 1,000 pulls a second when 100
+clients wait. ``PromptGrid`` keeps Flower's grid for everything else and answers
+``send_and_receive`` from one poller thread that asks, in a single
+``pull_messages``, for every reply still awaited: every 0.02 s in the simulation
+(an in-process lookup) and every 0.2 s in a deployment (one request to the
+SuperLink), whatever the number of clients.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -22,21 +23,30 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.superlink.grid import InMemoryGrid
 
-FIRST_PULL_S = 0.05
-MAX_INTERVAL_S = 0.5
-GROWTH = 1.5
+IN_MEMORY_INTERVAL_S = 0.02
+DEPLOYED_INTERVAL_S = 0.2
 
 
 def prompt(grid: Grid) -> Grid:
-    """``grid``, pulling replies promptly (the simulation's grid already does)."""
-    return grid if isinstance(grid, InMemoryGrid | PromptGrid) else PromptGrid(grid)
+    """``grid`` with replies collected by one prompt poller."""
+    if isinstance(grid, PromptGrid):
+        return grid
+    in_memory = isinstance(grid, InMemoryGrid)
+    return PromptGrid(grid, IN_MEMORY_INTERVAL_S if in_memory else DEPLOYED_INTERVAL_S)
 
 
 class PromptGrid(Grid):
-    """Flower's grid with a prompter ``send_and_receive``; all else is delegated."""
+    """Flower's grid whose ``send_and_receive`` shares one poller; the rest is
+    delegated. Safe to call from many threads at once, as the legacy loop does."""
 
-    def __init__(self, grid: Grid) -> None:
+    def __init__(self, grid: Grid, interval: float = DEPLOYED_INTERVAL_S) -> None:
         self.inner = grid
+        self.interval = interval
+        self._changed = threading.Condition()
+        self._awaited: set[str] = set()  # message ids whose senders still wait
+        self._arrived: dict[str, Message] = {}  # their replies, until collected
+        self._polling = False
+        self._failed: Exception | None = None  # the poller's last pull raised this
 
     def set_run(self, run: Run) -> None:
         self.inner.set_run(run)
@@ -72,24 +82,51 @@ class PromptGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Flower's contract: push, then pull until every reply is in or
-        ``timeout`` seconds have passed (None: no limit); return the replies."""
-        waiting = set(self.push_messages(messages))
+        """Flower's contract: push, then wait until every reply is in or ``timeout``
+        seconds have passed (None: no limit); return the replies that came."""
+        ids = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
-        replies: list[Message] = []
-        interval = FIRST_PULL_S
-        while waiting:
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            pause = interval
-            if deadline is not None:
-                pause = min(pause, max(deadline - time.monotonic(), 0.0))
-            time.sleep(pause)
-            interval = min(interval * GROWTH, MAX_INTERVAL_S)
-            arrived = list(self.pull_messages(waiting))
-            replies += arrived
-            waiting -= {m.metadata.reply_to_message_id for m in arrived}
+        with self._changed:
+            self._awaited |= ids
+            if not self._polling and ids:
+                self._polling, self._failed = True, None
+                poller = threading.Thread(target=self._poll, daemon=True)
+                poller.start()
+            try:
+                while not ids <= self._arrived.keys():
+                    if self._failed is not None and not self._polling:
+                        raise self._failed
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    self._changed.wait(left)
+            finally:
+                self._awaited -= ids
+                replies = [self._arrived.pop(i) for i in ids if i in self._arrived]
         return replies
+
+    def _poll(self) -> None:
+        """Every ``interval``, pull all the awaited replies at once, while any are."""
+        while True:
+            time.sleep(self.interval)
+            with self._changed:
+                wanted = self._awaited - self._arrived.keys()
+                if not self._awaited:
+                    self._polling = False
+                    return
+            try:
+                replies = list(self.inner.pull_messages(wanted)) if wanted else []
+            except Exception as error:  # each waiter raises it, as Flower's pull would
+                with self._changed:
+                    self._failed, self._polling = error, False
+                    self._changed.notify_all()
+                return
+            with self._changed:
+                for reply in replies:
+                    key = reply.metadata.reply_to_message_id
+                    if key in self._awaited:
+                        self._arrived[key] = reply
+                self._changed.notify_all()
 
     def __getattr__(self, name: str) -> Any:
         """What Flower's concrete grid adds beyond ``Grid`` (``close``, ...)."""

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pathspec
 import psutil
 import tomli_w
 from flwr.common.config import parse_config_args
@@ -316,10 +318,47 @@ def flwr_run(
     After ``timeout`` s the CLI is stopped and TimeoutError raised (by a timer: the
     reading loop only wakes on output, and a hung CLI may print nothing).
     """
-    command = [flower_bin("flwr"), "run", str(app_dir), connection, "--stream"]
-    command += ["--run-config", config_args(run_config)]
-    if federation_config:
-        command += ["--federation-config", config_args(federation_config)]
+    with staged_app(app_dir) as staged:
+        command = [flower_bin("flwr"), "run", str(staged), connection, "--stream"]
+        command += ["--run-config", config_args(run_config)]
+        if federation_config:
+            command += ["--federation-config", config_args(federation_config)]
+        return _stream_run(command, home, log_path, timeout, echo)
+
+
+@contextmanager
+def staged_app(app_dir: Path) -> Iterator[Path]:
+    """A temporary copy of ``app_dir`` without what its ``.gitignore`` ignores.
+
+    ``flwr run <dir>`` lists every file under ``dir`` before it filters them by the
+    ``.gitignore``: with a ``.venv`` inside (46,000 files here) that is 3.5 of the
+    4.5 s before the SuperLink gets the run. Ignored folders are skipped here without
+    being entered, so Flower walks a hundred files and packs the same app.
+    """
+    app_dir = app_dir.resolve()
+    gitignore = app_dir / ".gitignore"
+    lines = gitignore.read_text().splitlines() if gitignore.is_file() else []
+    ignored = pathspec.GitIgnoreSpec.from_lines([*lines, ".git/"])
+    with tempfile.TemporaryDirectory(prefix="fl-app-fab-") as tmp:
+        staged = Path(tmp) / app_dir.name
+        for folder, subfolders, files in os.walk(app_dir):
+            here = Path(folder).relative_to(app_dir)
+            subfolders[:] = [
+                d for d in subfolders if not ignored.match_file(f"{here / d}/")
+            ]
+            for name in files:
+                source = Path(folder) / name
+                if source.is_symlink() or ignored.match_file(str(here / name)):
+                    continue
+                (staged / here).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, staged / here / name)
+        yield staged
+
+
+def _stream_run(
+    command: list[str], home: FlowerHome, log_path: Path, timeout: float, echo: bool
+) -> int:
+    """Run the ``flwr run --stream`` command into ``log_path``; the run id."""
     process = ManagedProcess.start(
         "flwr run", command, log_path, env=home.env(), pipe=True
     )

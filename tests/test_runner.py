@@ -1,0 +1,60 @@
+"""The app is staged for ``flwr run`` without what its .gitignore ignores: the same
+FAB as Flower builds from the folder itself, without Flower listing a .venv first."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from flwr.cli.build import build_fab_from_disk
+
+from fl_app.runner import staged_app
+
+APP_DIR = Path(__file__).resolve().parents[1]
+
+
+def _files(root: Path) -> set[str]:
+    return {
+        str(Path(folder, name).relative_to(root))
+        for folder, _, names in os.walk(root)
+        for name in names
+    }
+
+
+def test_ignored_files_and_folders_stay_behind(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    for name in [
+        "pyproject.toml",
+        ".gitignore",
+        "pkg/__init__.py",
+        "pkg/sub/mod.py",
+        "pkg/__pycache__/mod.cpython-311.pyc",
+        ".venv/lib/site.py",
+        "outputs/run/history.csv",
+        ".git/HEAD",
+        "notes.log",
+        "keep/outputs.py",
+    ]:
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text(name)
+    (app / ".gitignore").write_text("__pycache__/\n.venv/\noutputs/\n*.log\n")
+    (app / "pkg" / "link.py").symlink_to(app / "pkg" / "__init__.py")
+    with staged_app(app) as staged:
+        assert staged.name == "app"
+        assert _files(staged) == {
+            "pyproject.toml",
+            ".gitignore",
+            "pkg/__init__.py",
+            "pkg/sub/mod.py",
+            "keep/outputs.py",
+        }
+        assert (staged / "pkg/sub/mod.py").read_text() == "pkg/sub/mod.py"
+    assert not staged.exists()  # removed once the run is submitted and done
+
+
+def test_the_staged_app_packs_to_the_same_fab() -> None:
+    with staged_app(APP_DIR) as staged:
+        from_stage = build_fab_from_disk(staged)
+    direct = build_fab_from_disk(APP_DIR)
+    assert hashlib.sha256(from_stage).digest() == hashlib.sha256(direct).digest()
