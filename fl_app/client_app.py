@@ -1,21 +1,17 @@
-"""The Flower ClientApp: a thin NumPyClient over the node's own partition.
+"""The Flower ClientApp: the node's client, which hands each message to the
+``FlowerClient`` (``fl_app.client``) of the partition the message concerns.
 
-A client never sends data, only its update (the weights it trained minus the ones it
-received), its example count ``n_k`` and its training loss. The knobs that shape the
-data (dataset, partitioner, seed) and the attack role of the studies come from the run
-config; those that shape a round of training (lr, epochs, batch, seed, and what an
-algorithm adds: FedProx's mu, SCAFFOLD's variate) come from the strategy's fit
-config, so one ClientApp serves every strategy.
+This module imports no torch: Flower loads it to validate the app before the
+simulation starts Ray, and a deployed SuperNode starts a fresh ``flwr-clientapp``
+process for every message; only the messages that train or evaluate import
+``fl_app.client`` (and torch, 2 s).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.client import Client, ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
@@ -23,145 +19,11 @@ from flwr.common import Context, NDArrays, Scalar
 from flwr.common.secure_aggregation.secaggplus_constants import (
     RECORD_KEY_CONFIGS as SECAGG_RECORD,
 )
-from torch import nn
 
-from fl_app.attacks import attacking_partitions, flip_labels, poison_update
-from fl_app.client_parts import ClientPart, client_part
-from fl_app.client_state import NodeStore
-from fl_app.compression import CodecSpec, encode
-from fl_app.config import AttackConfig, RunConfig
-from fl_app.data import Split, client_data
-from fl_app.model import build_model, get_weights, set_weights
-from fl_app.privacy import DP_CLIP, clip
-from fl_app.training import evaluate, local_steps, seeded_generator, train
+from fl_app.config import RunConfig
 
-RESIDUAL = "compression.residual"  # Context.state key: what error feedback carries
-
-# Minibatches of ~10 rows gain nothing from intra-op threads; the parallelism is in
-# running clients side by side (one per core), which extra threads would fight.
-torch.set_num_threads(1)
-
-
-class FlowerClient(NumPyClient):
-    """One partition's client; ``fit`` is McMahan's ClientUpdate from global weights.
-
-    It receives the global weights (followed by whatever extra arrays the strategy's
-    algorithm sends down), trains, and returns the update ``w_k - w_t`` followed by
-    the algorithm's extra arrays. Subclass it and override ``train_locally`` to
-    change local training; what the strategy wants the client to know arrives in
-    ``config``, and ``state`` (the node's ``Context.state``) outlives the round.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        train_data: Split,
-        val_data: Split,
-        partition_id: int,
-        *,
-        num_partitions: int = 1,
-        state: RecordDict | None = None,
-        attack: AttackConfig | None = None,
-        codec: CodecSpec | None = None,
-    ) -> None:
-        self.model = model
-        self.train_data = flip_labels(train_data) if _flips(attack) else train_data
-        self.val_data = val_data
-        self.partition_id = partition_id
-        self.num_partitions = num_partitions
-        self.state = state if state is not None else RecordDict()
-        self.attack = attack
-        self.codec = codec
-
-    def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
-        """Tell the server which partition this node holds (node ids are random)."""
-        return {
-            "partition-id": self.partition_id,
-            "num-partitions": self.num_partitions,
-            "num-examples": len(self.train_data),
-        }
-
-    def fit(
-        self, parameters: NDArrays, config: dict[str, Scalar]
-    ) -> tuple[NDArrays, int, dict[str, Scalar]]:
-        num_arrays = len(self.model.state_dict())
-        received, extras_down = parameters[:num_arrays], parameters[num_arrays:]
-        set_weights(self.model, received)
-        part = client_part(config, received, extras_down, self.state)
-        loss = self.train_locally(config, part)
-        update = [
-            new - old
-            for new, old in zip(get_weights(self.model), received, strict=True)
-        ]
-        steps = local_steps(
-            len(self.train_data), int(config["local-epochs"]), int(config["batch-size"])
-        )
-        extras_up = part.extras_up(update, steps, float(config["learning-rate"]))
-        if self.attack is not None:
-            rng = np.random.default_rng(
-                [int(config["seed"]), int(config["server-round"]), self.partition_id]
-            )
-            update = poison_update(self.attack, update, rng)
-        num_examples = len(self.train_data)
-        if DP_CLIP in config:  # central DP under SecAgg+: clip here, weigh 1
-            update, num_examples = clip(update, float(config[DP_CLIP])), 1
-        update = self.encode(update, config)
-        metrics: dict[str, Scalar] = {
-            "train_loss": loss,
-            "partition_id": self.partition_id,
-            **part.metrics(),
-        }
-        return update + extras_up, num_examples, metrics
-
-    def encode(self, update: NDArrays, config: dict[str, Scalar]) -> NDArrays:
-        """The update as it goes on the wire: coded by the run's scheme, with the
-        error-feedback residual carried in the node's state between rounds."""
-        if self.codec is None or self.codec.scheme == "none":
-            return update
-        rng = np.random.default_rng(
-            [int(config["seed"]), int(config["server-round"]), self.partition_id, 1]
-        )
-        residual = None
-        if self.codec.error_feedback and RESIDUAL in self.state:
-            residual = self.state[RESIDUAL].to_numpy_ndarrays()  # type: ignore[union-attr]
-        payload, residual = encode(update, self.codec, rng, residual)
-        if residual is not None:
-            self.state[RESIDUAL] = ArrayRecord(residual)
-        return payload
-
-    def train_locally(
-        self, config: dict[str, Scalar], part: ClientPart | None = None
-    ) -> float:
-        """E epochs of SGD, batch B; batches seeded by run, round and client."""
-        generator = seeded_generator(
-            int(config["seed"]), int(config["server-round"]), self.partition_id
-        )
-        return train(
-            self.model,
-            self.train_data,
-            epochs=int(config["local-epochs"]),
-            batch_size=int(config["batch-size"]),
-            lr=float(config["learning-rate"]),
-            generator=generator,
-            objective=part,
-        )
-
-    def evaluate(
-        self, parameters: NDArrays, config: dict[str, Scalar]
-    ) -> tuple[float, int, dict[str, Scalar]]:
-        set_weights(self.model, parameters)
-        loss, accuracy = evaluate(self.model, self.val_data)
-        return loss, len(self.val_data), {"accuracy": accuracy}
-
-
-def _flips(attack: AttackConfig | None) -> bool:
-    return attack is not None and attack.kind == "label-flip"
-
-
-@lru_cache(maxsize=2)
-def _model(name: str) -> nn.Module:
-    """One model per process; each message only loads new weights into it."""
-    return build_model(name)
+if TYPE_CHECKING:
+    from fl_app.client import FlowerClient
 
 
 class NodeClient(NumPyClient):
@@ -181,6 +43,8 @@ class NodeClient(NumPyClient):
     def client_for(
         self, message_config: dict[str, Scalar], state: RecordDict | None = None
     ) -> FlowerClient:
+        from fl_app.client import build_client  # torch: only for this message kind
+
         partition_id, num_partitions = _partition(self.node, message_config)
         if state is None:
             state = self.node.state
@@ -195,6 +59,8 @@ class NodeClient(NumPyClient):
         """Train; state that outlives the round goes to the node's own store when
         the message names an experiment (``fl_app.client_state``), which is what
         lets a resumed run find it, else to ``Context.state``."""
+        from fl_app.client_state import NodeStore
+
         partition_id, _ = _partition(self.node, config)
         store = NodeStore.for_message(self.node.node_config, config, partition_id)
         if store is None:
@@ -223,37 +89,6 @@ def _partition(node: Context, message_config: dict[str, Scalar]) -> tuple[int, i
         ) from None
 
 
-def build_client(
-    config: RunConfig, partition_id: int, num_partitions: int, state: RecordDict
-) -> FlowerClient:
-    """The client of one partition (its data split by the run's seed)."""
-    train_data, val_data = client_data(
-        config.dataset,
-        config.data_dir,
-        config.partitioner,
-        partition_id,
-        num_partitions,
-        alpha=config.dirichlet_alpha,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-    )
-    attackers = (
-        attacking_partitions(config.seed, num_partitions, config.attack.fraction)
-        if config.attack.enabled
-        else frozenset()
-    )
-    return FlowerClient(
-        _model(config.model),
-        train_data,
-        val_data,
-        partition_id,
-        num_partitions=num_partitions,
-        state=state,
-        attack=config.attack if partition_id in attackers else None,
-        codec=config.compression.spec() if config.compression.enabled else None,
-    )
-
-
 def client_fn(context: Context) -> Client:
     """The node's client; the run config is read and validated here, once."""
     return NodeClient(context).to_client()
@@ -273,4 +108,4 @@ def secagg_when_asked(msg: Message, context: Context, call_next: Any) -> Message
 
 app = ClientApp(client_fn=client_fn, mods=[secagg_when_asked])
 
-__all__ = ["FlowerClient", "NodeClient", "app", "build_client", "client_fn"]
+__all__ = ["NodeClient", "app", "client_fn"]

@@ -18,7 +18,8 @@ from flwr.server.client_manager import SimpleClientManager
 
 import strategies
 from fl_app.attacks import attacking_partitions, flip_labels
-from fl_app.client_app import FlowerClient, client_fn
+from fl_app.client import FlowerClient
+from fl_app.client_app import client_fn
 from fl_app.config import AttackConfig, RunConfig
 from fl_app.data import Split, client_data
 from fl_app.model import build_model, get_weights

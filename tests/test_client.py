@@ -28,7 +28,8 @@ from flwr.common import (
 )
 from flwr.common.config import flatten_dict
 
-from fl_app.client_app import FlowerClient, client_fn
+from fl_app.client import FlowerClient
+from fl_app.client_app import client_fn
 from fl_app.config import ConfigError
 from fl_app.data import Split, client_data
 from fl_app.model import build_model, get_weights, set_weights
@@ -313,3 +314,16 @@ def test_client_fn_validates_the_run_config(run_config: dict[str, Any]) -> None:
     )
     with pytest.raises(ConfigError, match="'model'"):
         client_fn(context)
+
+
+def test_the_client_app_module_imports_no_torch() -> None:
+    """Flower imports it to validate the app before the simulation starts Ray, and a
+    deployed node imports it again for every message: torch waits for training."""
+    import subprocess
+    import sys
+
+    code = "import sys, fl_app.client_app; print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"

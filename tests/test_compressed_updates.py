@@ -13,7 +13,7 @@ from flwr.app import RecordDict
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 
 import strategies
-from fl_app.client_app import RESIDUAL, FlowerClient
+from fl_app.client import RESIDUAL, FlowerClient
 from fl_app.compression import CodecSpec, decode, encode
 from fl_app.config import CompressionConfig, ConfigError, RunConfig
 from fl_app.data import client_data

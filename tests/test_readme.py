@@ -12,7 +12,7 @@ import pytest
 from flwr.common.config import flatten_dict
 
 from fl_app import client_parts
-from fl_app.client_app import FlowerClient
+from fl_app.client import FlowerClient
 from fl_app.config import RunConfig
 from fl_app.data import client_data
 from fl_app.model import build_model, get_weights

@@ -37,7 +37,7 @@ from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
 import strategies
-from fl_app.client_app import FlowerClient
+from fl_app.client import FlowerClient
 from fl_app.client_parts import FedProxTerm, ScaffoldClient
 from fl_app.config import (
     CenteredClippingConfig,
