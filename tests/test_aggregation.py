@@ -264,3 +264,53 @@ def test_weighted_metrics_skips_ints_non_finite_and_empty_clients() -> None:
 def test_weighted_metrics_of_nothing_is_empty() -> None:
     assert weighted_metrics([]) == {}
     assert weighted_metrics([(5, {"partition_id": 2})]) == {}
+
+
+def test_the_clients_weights_are_not_all_serialized_at_once(
+    strategy: strategies.FedAvg,
+) -> None:
+    """Flower's rule reads each client's w_t + delta once; the base serializes it
+    then, so a round of many clients never holds all their models as bytes."""
+    import tracemalloc
+
+    from strategies.base import ClientUpdate
+
+    rng = np.random.default_rng(3)
+    model_bytes = sum(w.nbytes for w in strategy.global_weights)
+    updates = [
+        ClientUpdate(
+            client=FakeNode(str(i)),
+            partition=i,
+            num_examples=10 + i,
+            delta=[0.01 * d for d in random_weights(rng, strategy.global_weights)],
+            extras=[],
+            metrics={},
+        )
+        for i in range(20)
+    ]
+    expected = FlowerFedAvg().aggregate_fit(
+        1,
+        [
+            (
+                u.client,
+                FitRes(
+                    Status(Code.OK, ""),
+                    ndarrays_to_parameters(strategy.weights_after(u.delta)),
+                    u.num_examples,
+                    {},
+                ),
+            )
+            for u in updates
+        ],
+        [],
+    )[0]
+    tracemalloc.start()
+    try:
+        aggregated = strategy.aggregate(1, updates)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert aggregated is not None
+    for got, want in zip(aggregated, parameters_to_ndarrays(expected), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert peak < 6 * model_bytes  # all 20 serialized at once: > 20 models
