@@ -86,7 +86,7 @@ def sgd_step(params: list[torch.Tensor], lr: float) -> None:
     decay (its single-tensor path, the CPU default), bit for bit.
 
     Not ``torch.optim.SGD`` itself: its constructor imports ``torch._dynamo`` (with
-    sympy), about 1.5 s and 100 MB in every fresh process, and a deployed SuperNode
+    sympy), 1.3-2 s and 150 MB in every fresh process, and a deployed SuperNode
     starts a fresh ``flwr-clientapp`` process for every message.
     """
     for param in params:
