@@ -14,6 +14,9 @@ import hashlib
 import io
 import os
 import struct
+import warnings
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -55,10 +58,20 @@ def cache_dir() -> Path:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Decode one IDX file (gzipped or not) into a NumPy array of its declared shape."""
+    """Decode one IDX file (gzipped or not) into a NumPy array of its declared shape.
+
+    A damaged file is a ValueError naming it: gzip's own errors (a cut download
+    ends in ``EOFError``) say nothing of which of four files is at fault.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise ValueError(
+            f"{path} is truncated or not gzip data ({error}); replace it with a "
+            "whole copy (delete it to download again when data-dir is empty)"
+        ) from error
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     ndim = data[3]
@@ -120,17 +133,44 @@ def load_raw(dataset: str, data_dir: str, split: str) -> tuple[np.ndarray, np.nd
     images_npy = cache_dir() / "decoded" / f"{dataset}-{split}-{key}-images.npy"
     labels_npy = images_npy.with_name(images_npy.name.replace("-images", "-labels"))
     if images_npy.is_file() and labels_npy.is_file():
-        return np.load(images_npy, mmap_mode="r"), np.load(labels_npy)
+        cached = _read_cache(images_npy, labels_npy)
+        if cached is not None:
+            return cached
     image_stem, label_stem = IDX_FILES[split]
-    images = read_idx(find_idx(directory, image_stem))
-    labels = read_idx(find_idx(directory, label_stem)).astype(np.int64)
-    if images.ndim != 3 or len(images) != len(labels):
+    images_path = find_idx(directory, image_stem)
+    labels_path = find_idx(directory, label_stem)
+    images = read_idx(images_path)
+    labels = read_idx(labels_path).astype(np.int64)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(
-            f"{directory}: {split} images {images.shape} do not match labels "
-            f"{labels.shape}"
+            f"{images_path} holds images of shape {images.shape} but "
+            f"{labels_path} holds labels of shape {labels.shape}: the two files "
+            "must come from the same split of the same dataset"
         )
     _save_atomically(images_npy, lambda handle: np.save(handle, images))
     _save_atomically(labels_npy, lambda handle: np.save(handle, labels))
+    return images, labels
+
+
+def _read_cache(
+    images_npy: Path, labels_npy: Path
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The decoded pair, or None (with a warning naming the file) when either is
+    damaged or they disagree: the cache is only a copy, so it is rebuilt from the
+    IDX files rather than trusted or fatal."""
+    try:
+        images = np.load(images_npy, mmap_mode="r")
+        labels = np.load(labels_npy)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(f"shapes {images.shape} and {labels.shape} disagree")
+    except (OSError, ValueError, EOFError) as error:
+        warnings.warn(
+            f"the decoded cache {images_npy} (with {labels_npy.name}) is damaged "
+            f"({error}); decoding the IDX files again",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
     return images, labels
 
 
@@ -236,8 +276,18 @@ def _all_partitions(
     key = digest.hexdigest()[:16]
     path = cache_dir() / "partitions" / f"{dataset}-{partitioner}-{key}.npz"
     if path.is_file():
-        stored = np.load(path)
-        return tuple(np.split(stored["indices"], stored["offsets"][1:-1]))
+        try:
+            with np.load(path) as stored:
+                indices, offsets = stored["indices"], stored["offsets"]
+            if offsets[-1] != len(indices) or len(offsets) != num_partitions + 1:
+                raise ValueError("offsets do not match the indices")
+            return tuple(np.split(indices, offsets[1:-1]))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            warnings.warn(
+                f"the partition cache {path} is damaged ({error}); partitioning again",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     parts = partition_indices(
         labels, partitioner, num_partitions, alpha=alpha, seed=seed
     )

@@ -59,6 +59,12 @@ def test_the_client_sends_the_coded_update(mnist_dir: Path, scheme: str) -> None
         for got, want in zip(update, plain, strict=True):
             bound = np.abs(want).max() / (127 if scheme == "int8" else 1000)
             assert np.abs(got - want).max() <= bound + 1e-9
+    elif scheme == "sign":  # round 1, no residual yet: mean|x| * sign(x) a tensor
+        for got, want in zip(update, plain, strict=True):
+            scale = np.float32(np.abs(want).mean(dtype=np.float64))
+            np.testing.assert_array_equal(got, np.where(want < 0, -scale, scale))
+    else:
+        pytest.fail(f"no check for {scheme}")
 
 
 def test_error_feedback_carries_the_residual_to_the_next_round(

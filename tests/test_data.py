@@ -109,6 +109,81 @@ def test_read_idx_rejects_a_body_shorter_than_its_header(tmp_path: Path) -> None
         read_idx(path)
 
 
+def test_a_truncated_gzip_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    """A download cut short: gzip alone says only 'Compressed file ended'."""
+    whole = gzip.compress(idx_bytes(np.zeros((20, 28, 28), dtype=np.uint8)))
+    path = tmp_path / f"{TRAIN_IMAGES}.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match="truncated") as caught:
+        read_idx(path)
+    assert str(path) in str(caught.value)
+
+
+def test_bytes_that_are_not_gzip_are_an_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / f"{TRAIN_LABELS}.gz"
+    path.write_bytes(b"<html>404 Not Found</html>")
+    with pytest.raises(ValueError, match="not gzip") as caught:
+        read_idx(path)
+    assert str(path) in str(caught.value)
+
+
+def test_images_and_labels_of_different_counts_name_both_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FL_APP_CACHE", str(tmp_path / "cache"))
+    source = write_mnist_like(tmp_path / "src", num_train=40, num_test=20)
+    write_idx(source / TRAIN_LABELS, np.zeros(39, dtype=np.uint8), True)
+    with pytest.raises(ValueError, match="same split") as caught:
+        load_raw("mnist", str(source), "train")
+    message = str(caught.value)
+    assert f"{TRAIN_IMAGES}.gz" in message and f"{TRAIN_LABELS}.gz" in message
+    assert "(40, 28, 28)" in message and "(39,)" in message
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other-length"])
+def test_a_damaged_decoded_cache_is_named_and_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """The ``.npy`` cache is a copy: a damaged one is reported, by name, and
+    decoded again from the IDX files, which stay the truth."""
+    monkeypatch.setenv("FL_APP_CACHE", str(tmp_path / "cache"))
+    source = write_mnist_like(tmp_path / "src", num_train=40, num_test=20)
+    want_images, want_labels = (
+        np.array(a) for a in load_raw("mnist", str(source), "train")
+    )
+    (images_npy,) = (cache_dir() / "decoded").glob("mnist-train-*-images.npy")
+    if damage == "garbage":
+        images_npy.write_bytes(b"not a numpy file")
+    elif damage == "truncated":
+        images_npy.write_bytes(images_npy.read_bytes()[:-500])
+    else:
+        np.save(images_npy, want_images[:-1])
+
+    with pytest.warns(RuntimeWarning, match="damaged") as warned:
+        images, labels = load_raw("mnist", str(source), "train")
+    assert str(images_npy) in str(warned[0].message)
+    np.testing.assert_array_equal(images, want_images)
+    np.testing.assert_array_equal(labels, want_labels)
+    np.testing.assert_array_equal(np.load(images_npy), want_images)  # rewritten
+
+
+def test_a_damaged_partition_cache_is_named_and_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FL_APP_CACHE", str(tmp_path / "cache"))
+    source = str(write_mnist_like(tmp_path / "src", num_train=40, num_test=20))
+    args = ("mnist", source, "iid", 4, 0.5, 1)
+    want = [p.copy() for p in data._all_partitions(*args)]
+    data._all_partitions.cache_clear()
+    (path,) = (cache_dir() / "partitions").glob("*.npz")
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.warns(RuntimeWarning, match="damaged") as warned:
+        got = data._all_partitions(*args)
+    data._all_partitions.cache_clear()
+    assert str(path) in str(warned[0].message)
+    assert [p.tolist() for p in got] == [p.tolist() for p in want]
+
+
 # ------------------------------------------------------------------------ find_idx
 @pytest.mark.parametrize("gz", [True, False])
 def test_find_idx_finds_torchvision_raw_layout(tmp_path: Path, gz: bool) -> None:

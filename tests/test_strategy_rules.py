@@ -270,18 +270,27 @@ def test_server_optimizer_over_two_rounds(mnist_dir: Path, name: str) -> None:
 
 
 def test_fedyogi_is_not_fedadam_in_round_two(mnist_dir: Path) -> None:
-    """Guards the reference: Yogi's and Adam's second moments give different
-    round-2 weights on these updates, so the Yogi test tells them apart."""
+    """The product's FedYogi and FedAdam, fed the same two rounds of updates, end
+    apart: Yogi's second moment moves by sign(v - delta^2), Adam's by an average.
+    (A FedYogi that ran Adam's rule fails here whatever the reference above says.)"""
     config = run_config(mnist_dir, fedopt=FedOptConfig(eta=0.05, tau=1e-3))
-    w = flat(get_weights(build_model("mlp", seed=config.seed)))
-    like = get_weights(build_model("mlp"))
-    rounds = [mean_update(u, SIZES_OPT) for u in optimizer_rounds(like)]
-    yogi: dict[str, np.ndarray] = {}
-    adam: dict[str, np.ndarray] = {}
-    for r, delta in enumerate(rounds, start=1):
-        w_yogi = server_step("fedyogi", config, r, w, delta, yogi)
-        w_adam = server_step("fedadam", config, r, w, delta, adam)
-    assert np.max(np.abs(w_yogi - w_adam)) > 1e-3
+    weights: dict[str, NDArrays] = {}
+    for name in ("fedyogi", "fedadam"):
+        strategy = SERVER_OPTIMIZERS[name](config.replace(strategy=name), run_dir=None)
+        federation = Federation(strategy, num_nodes=3)
+        w_t = get_weights(strategy.model)
+        for server_round, updates in enumerate(optimizer_rounds(w_t), start=1):
+            sent = [
+                [d.astype(w.dtype) for d, w in zip(update, w_t, strict=True)]
+                for update in updates
+            ]
+            got = federation.round(
+                server_round, w_t, list(zip(sent, SIZES_OPT, strict=True))
+            )
+            assert got is not None
+            w_t = got
+        weights[name] = w_t
+    assert np.max(np.abs(flat(weights["fedyogi"]) - flat(weights["fedadam"]))) > 1e-3
 
 
 class RoundCrashed(Exception):

@@ -112,14 +112,18 @@ def test_train_equals_torch_optim_sgd_bit_for_bit(
 
 
 def test_a_frozen_parameter_stays_as_it_was() -> None:
+    """The frozen one is untouched while every trainable one moves (a ``train``
+    that did nothing would leave both alone)."""
     model = build_model("mlp", seed=0)
-    first = next(model.parameters())
+    first, *rest = model.parameters()
     first.requires_grad_(False)
-    before = first.detach().clone()
+    before = [p.detach().clone() for p in (first, *rest)]
     train(
         model, _data(), epochs=1, batch_size=10, lr=0.1, generator=seeded_generator(1)
     )
-    assert torch.equal(first, before)
+    assert torch.equal(first, before[0])
+    for param, old in zip(rest, before[1:], strict=True):
+        assert not torch.equal(param, old), "a trainable parameter did not move"
 
 
 def test_training_in_a_fresh_process_does_not_import_dynamo() -> None:
