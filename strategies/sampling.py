@@ -62,7 +62,12 @@ class SeededSampling:
         that told us their partition."""
         needed = self.min_available_clients
         timeout = self.config.min_available_timeout
-        if not client_manager.wait_for(needed, timeout=math.ceil(timeout)):
+        # Flower's start_grid refreshes the node list inside num_available/all/
+        # sample, and otherwise only every 5 s: asking first spares round 1 that
+        # wait when the nodes are already there.
+        if client_manager.num_available() < needed and not client_manager.wait_for(
+            needed, timeout=math.ceil(timeout)
+        ):
             raise NotEnoughClientsError(
                 f"round {server_round}: only {client_manager.num_available()} of the "
                 f"{needed} clients required by 'min-available-clients' connected "

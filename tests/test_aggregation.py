@@ -220,7 +220,7 @@ def test_too_few_replies_leave_the_model_unchanged(
 def test_min_fit_clients_replies_are_enough(mnist_dir: Path) -> None:
     strategy = make_strategy(mnist_dir, min_fit_clients=3, min_available_clients=3)
     results, client_weights = make_results(strategy, SIZES[:3])
-    parameters, metrics = strategy.aggregate_fit(1, results, [RuntimeError("x")])
+    parameters, _ = strategy.aggregate_fit(1, results, [RuntimeError("x")])
     assert parameters is not None, "three replies meet min-fit-clients = 3"
     got = flat(parameters_to_ndarrays(parameters))
     want = flat(reference(client_weights, SIZES[:3]))
