@@ -40,7 +40,7 @@ import numpy as np
 import psutil
 
 from fl_app.config import RunConfig
-from fl_app.data import client_data, load_split
+from fl_app.data import IDX_FILES, client_data, find_idx, load_split
 from fl_app.model import build_model, get_weights, set_weights
 from fl_app.results import HISTORY_JSON, read_history, write_json
 from fl_app.runner import (
@@ -336,7 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument(
-        "--num-clients", default="100", help="virtual clients K, comma-separated"
+        "--num-clients",
+        type=_counts,
+        default="100",
+        help="virtual clients K, comma-separated",
     )
     parser.add_argument(
         "--max-supernodes",
@@ -345,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         help="simulated SuperNodes serving the K clients (at least the clients "
         "sampled a round); 0 = one SuperNode per client",
     )
-    parser.add_argument("--clients-per-round", default="10", help="comma-separated")
+    parser.add_argument(
+        "--clients-per-round", type=_counts, default="10", help="comma-separated"
+    )
     parser.add_argument("--data-dir", default=DATA_DIR)
     parser.add_argument(
         "--cpus-per-client",
@@ -360,62 +365,104 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmark"))
     args = parser.parse_args(argv)
+    _check(parser, args)
     out = args.out.resolve()
+    try:
+        with sigterm_as_interrupt():
+            _measure(args, out)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process started is stopped", file=sys.stderr)
+        return 130
+    except RuntimeError as error:  # a run that did not complete
+        print(f"benchmark: {error}; logs in {out / 'logs'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _counts(text: str) -> list[int]:
+    """``"10,100"`` -> [10, 100]: positive integers, or argparse names the flag."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers"
+        ) from None
+    if min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every count must be >= 1")
+    return counts
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse what would fail only after a SuperLink and Ray had started."""
+    if args.rounds < 2:
+        parser.error("--rounds must be >= 2 (steady rounds are rounds 2..R)")
+    if max(args.clients_per_round) > min(args.num_clients):
+        parser.error(
+            f"--clients-per-round {max(args.clients_per_round)} exceeds "
+            f"--num-clients {min(args.num_clients)}"
+        )
+    for stem in (*IDX_FILES["train"], *IDX_FILES["test"]):
+        try:
+            find_idx(Path(args.data_dir), stem)
+        except FileNotFoundError as error:
+            parser.error(f"--data-dir: {error}")
+
+
+def _measure(args: argparse.Namespace, out: Path) -> None:
+    """Every (clients, per round) pair: the app, then the reference; the table."""
     rows = []
-    with sigterm_as_interrupt():
-        for clients in (int(n) for n in args.num_clients.split(",")):
-            for per_round in (int(n) for n in args.clients_per_round.split(",")):
-                nodes = clients
-                if args.max_supernodes:
-                    nodes = min(clients, max(per_round, args.max_supernodes))
-                config = RunConfig(
-                    num_server_rounds=args.rounds,
-                    fraction_fit=per_round / clients,
-                    num_partitions=clients if nodes < clients else 0,
-                    min_available_clients=nodes,
-                    dataset="fashion-mnist",
-                    data_dir=args.data_dir,
-                    output_dir=str(out / f"runs-{clients}-{per_round}"),
-                )
-                app = run_app(config, nodes, out, args.cpus_per_client)
-                reference = run_reference(config, clients)
-                rows.append(
-                    {
-                        "clients": clients,
-                        "supernodes": nodes,
-                        "per_round": per_round,
-                        "app": app,
-                        "reference": reference,
-                    }
-                )
-                write_json(out / "benchmark.json", rows)
-                print(_table(rows), flush=True)
-                print(
-                    "phases (s from flwr run):",
-                    ", ".join(f"{k} {v:.1f}" for k, v in app["phases_s"].items()),
-                    "| PSS MiB at the peak:",
-                    ", ".join(
-                        f"{k} {v:.0f}"
-                        for k, v in sorted(
-                            app["pss_mib_at_peak"].items(), key=lambda kv: -kv[1]
-                        )
-                    ),
-                    flush=True,
-                )
-        if args.deployed:
-            deployed = run_deployed(3, args.data_dir, out)
-            write_json(out / "deployed.json", deployed)
+    for clients in args.num_clients:
+        for per_round in args.clients_per_round:
+            nodes = clients
+            if args.max_supernodes:
+                nodes = min(clients, max(per_round, args.max_supernodes))
+            config = RunConfig(
+                num_server_rounds=args.rounds,
+                fraction_fit=per_round / clients,
+                num_partitions=clients if nodes < clients else 0,
+                min_available_clients=nodes,
+                dataset="fashion-mnist",
+                data_dir=args.data_dir,
+                output_dir=str(out / f"runs-{clients}-{per_round}"),
+            )
+            app = run_app(config, nodes, out, args.cpus_per_client)
+            reference = run_reference(config, clients)
+            rows.append(
+                {
+                    "clients": clients,
+                    "supernodes": nodes,
+                    "per_round": per_round,
+                    "app": app,
+                    "reference": reference,
+                }
+            )
+            write_json(out / "benchmark.json", rows)
+            print(_table(rows), flush=True)
             print(
-                "deployed, 3 SuperNodes over TLS: nodes online "
-                f"{deployed['nodes_online_s']:.1f} s, round 1 "
-                f"{deployed['round_1_s']:.1f} s, steady "
-                f"{deployed['steady_round_s']:.1f} s/round (rounds: "
-                + ", ".join(f"{x:.1f}" for x in deployed["round_seconds"])
-                + f"), whole command {deployed['whole_s']:.1f} s, accuracy "
-                f"{100 * deployed['final_accuracy']:.2f}%",
+                "phases (s from flwr run):",
+                ", ".join(f"{k} {v:.1f}" for k, v in app["phases_s"].items()),
+                "| PSS MiB at the peak:",
+                ", ".join(
+                    f"{k} {v:.0f}"
+                    for k, v in sorted(
+                        app["pss_mib_at_peak"].items(), key=lambda kv: -kv[1]
+                    )
+                ),
                 flush=True,
             )
-    return 0
+    if args.deployed:
+        deployed = run_deployed(3, args.data_dir, out)
+        write_json(out / "deployed.json", deployed)
+        print(
+            "deployed, 3 SuperNodes over TLS: nodes online "
+            f"{deployed['nodes_online_s']:.1f} s, round 1 "
+            f"{deployed['round_1_s']:.1f} s, steady "
+            f"{deployed['steady_round_s']:.1f} s/round (rounds: "
+            + ", ".join(f"{x:.1f}" for x in deployed["round_seconds"])
+            + f"), whole command {deployed['whole_s']:.1f} s, accuracy "
+            f"{100 * deployed['final_accuracy']:.2f}%",
+            flush=True,
+        )
 
 
 def _table(rows: list[dict[str, Any]]) -> str:

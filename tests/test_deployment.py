@@ -2,8 +2,11 @@
 
 One federation (SuperLink + 3 SuperNodes on loopback, started by fl_app/federation.py
 from certificates made by scripts/make_certs.py) serves the whole module: starting it
-costs ~10 s and a run 30-60 s on a 2-core machine, and the file must stay under
-3 minutes. Tests run in file order; the last one kills a SuperNode.
+costs ~10 s and a deployed round 10-30 s on a 2-core machine (every message starts
+a fresh ``flwr-clientapp`` process, and an idle SuperNode polls every 3 s). So the
+module runs as few rounds as its checks need: one SCAFFOLD run is both the check of
+client state across rounds and the reference its crash-and-resume must equal.
+Tests run in file order; the last one kills a SuperNode.
 
 What Flower 1.42 does when a SuperNode dies mid-round: the SuperLink answers the
 message in flight with a "Node Unavailable" error only once the node has missed its
@@ -15,6 +18,7 @@ not wait a minute for the heartbeat verdict.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -35,6 +39,7 @@ from fl_app.results import (
     read_history,
 )
 from tests.synthetic import write_mnist_like
+from tests.test_scripts import assert_all_gone, family, running
 
 pytestmark = pytest.mark.integration
 
@@ -145,43 +150,32 @@ def explain(result: RunResult) -> str:
     return f"{result.status} {result.details}\n" + "\n".join(log[-30:])
 
 
-def test_scaffold_run_completes_and_client_state_persists(
+def test_scaffold_state_persists_and_a_killed_serverapp_resumes(
     federation: Federation, data_dir: Path, tmp_path: Path
 ) -> None:
-    """SCAFFOLD over TLS: each SuperNode keeps its control variate c_i in its
-    Context.state between rounds, although every message runs in a fresh
-    flwr-clientapp process (every node trains every round, so from round 2 on all
-    of them find the c_i they stored)."""
-    config = run_config(data_dir, tmp_path, num_server_rounds=3, strategy="scaffold")
-    result = finish(*run_in_background(federation, config), 200)
-
-    assert result.completed, explain(result)
-    run_dir = (tmp_path / "latest").resolve()
-    for name in (HISTORY_JSON, HISTORY_CSV, MODEL_FILE, PLOT_FILE):
-        assert (run_dir / name).is_file(), name
-    history = read_history(run_dir)
-    assert [row["round"] for row in history] == [0, 1, 2, 3]
-    assert history[3]["test_accuracy"] > history[0]["test_accuracy"]
-    assert [row["clients_succeeded"] for row in history[1:]] == [NUM_NODES] * 3
-    assert [row["scaffold_returning"] for row in history[1:]] == [
-        0,
-        NUM_NODES,
-        NUM_NODES,
-    ]
-
-
-def test_fedavg_killed_serverapp_resumes_with_the_same_history(
-    federation: Federation, data_dir: Path, tmp_path: Path
-) -> None:
-    """SIGKILL to the flwr-serverapp process mid-round 2, then ``resume = true``:
-    rounds 0-3 equal those of an uninterrupted run with the same seed (to 1e-6)."""
+    """SCAFFOLD over TLS, 3 rounds: each SuperNode keeps its control variate c_i
+    between rounds, although every message runs in a fresh ``flwr-clientapp``
+    process (every node trains every round, so from round 2 on all of them find
+    the c_i they stored). Then the same run, its ``flwr-serverapp`` process killed
+    with SIGKILL mid-round 2 and resumed (``resume = true``): rounds 0-3 equal the
+    uninterrupted run's to 1e-6, and the nodes find their c_i after the resume."""
     whole = run_config(data_dir, tmp_path / "whole", num_server_rounds=3)
+    whole["strategy"] = "scaffold"
     reference = finish(*run_in_background(federation, whole), 200)
     assert reference.completed, explain(reference)
+    whole_run = (tmp_path / "whole" / "latest").resolve()
+    for name in (HISTORY_JSON, HISTORY_CSV, MODEL_FILE, PLOT_FILE):
+        assert (whole_run / name).is_file(), name
+    want = read_history(whole_run)
+    assert [row["round"] for row in want] == [0, 1, 2, 3]
+    assert want[3]["test_accuracy"] > want[0]["test_accuracy"]
+    assert [row["clients_succeeded"] for row in want[1:]] == [NUM_NODES] * 3
+    returning = [0, NUM_NODES, NUM_NODES]
+    assert [row["scaffold_returning"] for row in want[1:]] == returning
 
     crash_dir = tmp_path / "crash"
     thread, outcome = run_in_background(
-        federation, run_config(data_dir, crash_dir, num_server_rounds=3)
+        federation, {**whole, "output-dir": str(crash_dir)}
     )
     deadline = time.monotonic() + 120
     while not _rounds_done(crash_dir) >= 1:
@@ -202,18 +196,17 @@ def test_fedavg_killed_serverapp_resumes_with_the_same_history(
     crash_run = (crash_dir / "latest").resolve()
     assert [row["round"] for row in read_history(crash_run)] == [0, 1]
 
-    resumed = run_config(
-        data_dir, crash_dir, num_server_rounds=3, resume=True, resume_dir=str(crash_run)
-    )
+    resumed = {**whole, "output-dir": str(crash_dir), "resume": True}
+    resumed["resume-dir"] = str(crash_run)
     result = finish(*run_in_background(federation, resumed), 200)
     assert result.completed, explain(result)
     got = read_history(crash_run)
-    want = read_history((tmp_path / "whole" / "latest").resolve())
     assert [row["round"] for row in got] == [0, 1, 2, 3]
     for mine, theirs in zip(got, want, strict=True):
         for key in ("test_loss", "test_accuracy", "train_loss"):
             if theirs[key] is not None:
                 assert mine[key] == pytest.approx(theirs[key], abs=1e-6), key
+    assert [row["scaffold_returning"] for row in got[1:]] == returning
 
 
 def _processes(
@@ -244,11 +237,13 @@ def _rounds_done(output_dir: Path) -> int:
 def test_secagg_run_completes_over_tls(
     federation: Federation, data_dir: Path, tmp_path: Path
 ) -> None:
-    """SecAgg+ over TLS with node authentication: every round goes through the four
-    stages on every node, and the strategy saw only the aggregate."""
+    """SecAgg+ over TLS with node authentication: a round goes through the four
+    stages on every node, each stage's ClientApp a fresh process that finds the
+    protocol's secrets in the node's state, and the strategy sees only the sum."""
     config = run_config(
         data_dir,
         tmp_path,
+        num_server_rounds=1,
         **{
             "secagg.enabled": True,
             "secagg.timeout": 60.0,
@@ -258,10 +253,10 @@ def test_secagg_run_completes_over_tls(
     result = finish(*run_in_background(federation, config), 240)
     assert result.completed, explain(result)
     history = read_history((tmp_path / "latest").resolve())
-    assert [row["round"] for row in history] == [0, 1, 2]
-    assert [row["distinct_updates_seen"] for row in history[1:]] == [1, 1]
-    assert [row["clients_succeeded"] for row in history[1:]] == [NUM_NODES] * 2
-    assert history[2]["test_accuracy"] > history[0]["test_accuracy"]
+    assert [row["round"] for row in history] == [0, 1]
+    assert history[1]["distinct_updates_seen"] == 1
+    assert history[1]["clients_succeeded"] == NUM_NODES
+    assert history[1]["test_accuracy"] > history[0]["test_accuracy"]
 
 
 def test_unregistered_or_untrusting_supernode_is_refused(
@@ -312,13 +307,46 @@ def test_too_few_supernodes_end_the_run_with_a_clear_message(
     assert time.monotonic() - started < 60
 
 
+def test_ctrl_c_stops_everything_local_federation_started(
+    certs: Certs, data_dir: Path, tmp_path: Path
+) -> None:
+    """``scripts/local_federation.py`` mid-run: Ctrl-C ends it with 130 and takes
+    down its SuperLink, SuperNodes, SuperExecs and ClientApp processes."""
+    config = f"dataset='mnist' data-dir='{data_dir}' num-server-rounds=50"
+    with running(
+        tmp_path,
+        "local_federation.py",
+        "--num-supernodes",
+        "2",
+        "--certs-dir",
+        str(certs.directory),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--run-config",
+        f"{config} output-dir='{tmp_path / 'out'}'",
+    ) as (process, wait_for):
+        wait_for("2 SuperNodes online")
+        wait_for("Starting Flower ServerApp")
+        started = family(process.pid)
+        names = " ".join(" ".join(p.cmdline()) for p in started)
+        assert "flower-superlink" in names and "flower-supernode" in names
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    assert "interrupted" in (tmp_path / "stderr").read_text()
+    assert_all_gone(started)
+
+
 def test_run_survives_a_killed_supernode(
     federation: Federation, data_dir: Path, tmp_path: Path
 ) -> None:
     victim = federation.supernodes[f"supernode-{NUM_NODES - 1}"]
     trained_before = victim.log_path.read_text().count("Receiving: train")
     config = run_config(
-        data_dir, tmp_path, min_available_clients=2, round_timeout=ROUND_TIMEOUT
+        data_dir,
+        tmp_path,
+        num_server_rounds=1,
+        min_available_clients=2,
+        round_timeout=ROUND_TIMEOUT,
     )
     thread, outcome = run_in_background(federation, config)
     deadline = time.monotonic() + 120
@@ -330,7 +358,8 @@ def test_run_survives_a_killed_supernode(
 
     assert result.completed, explain(result)
     history = read_history((tmp_path / "latest").resolve())
-    assert [row["round"] for row in history] == [0, 1, 2]
+    assert [row["round"] for row in history] == [0, 1]
+    assert history[1]["model_updated"] is True
     assert history[1]["clients_failed"] >= 1, history[1]
     # The survivors' replies were aggregated: the crash cost one client, not the round.
     assert history[1]["clients_succeeded"] >= 2, history[1]

@@ -1,8 +1,14 @@
-"""Crash and resume in Flower's simulation: the ServerApp's process is killed with
-SIGKILL in the middle of round 3, the run is resumed (``resume = true``) in the same
-folder, and the combined history equals that of an uninterrupted run with the same
-seed, to 1e-6 on every accuracy and loss: for FedAvg, FedAdam (server moments) and
-SCAFFOLD (server variate, and each client's c_i from the node's own store)."""
+"""Crash and resume in Flower's simulation, with SCAFFOLD (server variate, and each
+client's c_i in its node's own store): an uninterrupted run, then the same run
+killed with SIGKILL in the middle of round 3 (the ServerApp's process and Ray) and
+resumed (``resume = true``) in its folder. The combined history must equal the
+uninterrupted one to 1e-6 on every accuracy and loss.
+
+The uninterrupted run also serves as the module's check of what a finished run
+leaves behind (history, model, plot, ``latest``), of the clients' evaluation, of
+client state across rounds, and of the in-process federation giving the same
+history. The crashed run's first rounds equal it too: the same seed, the same run.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import pytest
+import torch
 
 from fl_app.checkpoint import CHECKPOINT_FILE
-from fl_app.results import HISTORY_JSON
+from fl_app.model import build_model
+from fl_app.results import HISTORY_CSV, HISTORY_JSON, MODEL_FILE, PLOT_FILE
 from fl_app.runner import (
     FlowerHome,
     ManagedProcess,
@@ -25,24 +34,32 @@ from fl_app.runner import (
     run_status,
     simulation_config,
 )
-from tests.test_simulation import APP_DIR, comparable
+from tests.test_simulation import (
+    APP_DIR,
+    assert_same_history,
+    comparable,
+    in_process_history,
+)
 
 pytestmark = pytest.mark.integration
 
 ROUNDS = 4
 KILLED_IN = 3  # the round the kill interrupts
+SEED = 3
+NUM_NODES = 10
 
 
-def run_config(data_dir: Path, output_dir: Path, strategy: str) -> dict[str, Any]:
+def run_config(data_dir: Path, output_dir: Path) -> dict[str, Any]:
     return {
         "num-server-rounds": ROUNDS,
         "fraction-fit": 0.5,
+        "fraction-evaluate": 0.3,
         "learning-rate": 0.05,
-        "strategy": strategy,
+        "strategy": "scaffold",
         "dataset": "mnist",
         "data-dir": str(data_dir),
         "output-dir": str(output_dir),
-        "seed": 3,
+        "seed": SEED,
     }
 
 
@@ -110,40 +127,40 @@ def history_of(run_dir: Path) -> list[dict[str, Any]]:
     return comparable(json.loads((run_dir / HISTORY_JSON).read_text()))
 
 
-def assert_same_history(got: list[dict], want: list[dict]) -> None:
-    assert [r["round"] for r in got] == [r["round"] for r in want]
-    for mine, theirs in zip(got, want, strict=True):
-        assert mine.keys() == theirs.keys()
-        for key, value in theirs.items():
-            if isinstance(value, float) and not math.isnan(value):
-                assert mine[key] == pytest.approx(value, abs=1e-6), (mine["round"], key)
-            elif isinstance(value, float) or value is None:
-                assert mine[key] is None or math.isnan(mine[key]), (mine["round"], key)
-            else:
-                assert mine[key] == value, (mine["round"], key)
+def returning_clients() -> list[int]:
+    """Per round, the sampled clients that were sampled before: those that must
+    find their c_i (the seeded draw of ``strategies/sampling.py``)."""
+    seen: set[int] = set()
+    returning = []
+    for server_round in range(1, ROUNDS + 1):
+        rng = np.random.default_rng([SEED, server_round, 0])
+        sample = set(rng.choice(NUM_NODES, size=5, replace=False).tolist())
+        returning.append(len(sample & seen))
+        seen |= sample
+    return returning
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedadam", "scaffold"])
-def test_killed_mid_round_and_resumed_gives_the_uninterrupted_history(
+def test_a_finished_run_and_a_killed_and_resumed_one_agree(
     superlink: tuple[FlowerHome, ManagedProcess],
     mnist_dir: Path,
     tmp_path: Path,
-    strategy: str,
 ) -> None:
     home, process = superlink
     whole_dir, crash_dir = tmp_path / "whole", tmp_path / "crash"
 
     thread, outcome = launch(
-        home, run_config(mnist_dir, whole_dir, strategy), tmp_path / "whole.log"
+        home, run_config(mnist_dir, whole_dir), tmp_path / "whole.log"
     )
     thread.join(600)
+    assert "error" not in outcome, outcome
     assert run_status("sim", home, outcome["run_id"])["status"] == (
         "finished:completed"
     )
     (whole_run,) = [p for p in whole_dir.iterdir() if p.name != "latest"]
+    check_what_a_run_leaves(whole_run)
 
     thread, outcome = launch(
-        home, run_config(mnist_dir, crash_dir, strategy), tmp_path / "crash.log"
+        home, run_config(mnist_dir, crash_dir), tmp_path / "crash.log"
     )
     deadline = time.monotonic() + 300
     while rows_in(crash_dir) < KILLED_IN and time.monotonic() < deadline:
@@ -155,9 +172,10 @@ def test_killed_mid_round_and_resumed_gives_the_uninterrupted_history(
     (crash_run,) = [p for p in crash_dir.iterdir() if p.name != "latest"]
     killed = history_of(crash_run)
     assert [r["round"] for r in killed] == list(range(KILLED_IN)), "not mid-round 3"
+    assert killed == history_of(whole_run)[:KILLED_IN]  # same seed, same rounds
 
     resumed_config = {
-        **run_config(mnist_dir, crash_dir, strategy),
+        **run_config(mnist_dir, crash_dir),
         "resume": True,
         "resume-dir": str(crash_run),
     }
@@ -167,9 +185,44 @@ def test_killed_mid_round_and_resumed_gives_the_uninterrupted_history(
     status = run_status("sim", home, outcome["run_id"])
     assert status["status"] == "finished:completed", status
     assert (crash_run / CHECKPOINT_FILE).is_file()
-    assert_same_history(history_of(crash_run), history_of(whole_run))
-    if strategy == "scaffold":
-        # Clients found their c_i after the resume too (the node's own store).
-        returning = [r["scaffold_returning"] for r in history_of(crash_run)[1:]]
-        assert returning == [r["scaffold_returning"] for r in history_of(whole_run)[1:]]
-        assert sum(returning[KILLED_IN - 1 :]) > 0
+    assert_same_history(read(crash_run), read(whole_run))
+    # Clients found their c_i after the resume too (the node's own store).
+    returning = [r["scaffold_returning"] for r in history_of(crash_run)[1:]]
+    assert sum(returning[KILLED_IN - 1 :]) > 0
+
+    assert_same_history(
+        read(whole_run),
+        in_process_history(run_config(mnist_dir, whole_dir), tmp_path / "local"),
+    )
+
+
+def read(run_dir: Path) -> list[dict[str, Any]]:
+    return json.loads((run_dir / HISTORY_JSON).read_text())
+
+
+def check_what_a_run_leaves(run_dir: Path) -> None:
+    """History (JSON and CSV), model, plot, config, ``latest``; the clients'
+    evaluation each round; SCAFFOLD's c_i found by every returning client."""
+    for name in (HISTORY_JSON, HISTORY_CSV, MODEL_FILE, PLOT_FILE, "config.json"):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert (run_dir / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    csv_lines = (run_dir / HISTORY_CSV).read_text().splitlines()
+    assert csv_lines[0].startswith("round,test_loss,test_accuracy")
+    assert len(csv_lines) == ROUNDS + 2
+    model = build_model("2nn")  # a plain state_dict that loads into a fresh model
+    model.load_state_dict(torch.load(run_dir / MODEL_FILE, weights_only=True))
+    assert (run_dir.parent / "latest").resolve() == run_dir.resolve()
+
+    history = read(run_dir)
+    assert [row["round"] for row in history] == list(range(ROUNDS + 1))
+    assert history[-1]["test_accuracy"] > history[0]["test_accuracy"] + 0.3
+    for row in history[1:]:
+        assert row["clients_sampled"] == row["clients_succeeded"] == 5
+        assert row["clients_failed"] == 0
+        assert row["bytes_sent"] > 0 and row["bytes_received"] > 0
+        assert math.isfinite(row["train_loss"])
+        assert 0.0 <= row["federated_accuracy"] <= 1.0
+        assert math.isfinite(row["federated_loss"])
+    expected = returning_clients()
+    assert sum(expected) > 0  # some client returns, so the check can fail
+    assert [row["scaffold_returning"] for row in history[1:]] == expected

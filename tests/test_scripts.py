@@ -1,0 +1,209 @@
+"""What a user meets running the scripts: mistakes named by their flag or file
+before anything starts, a failed run's exit code, and Ctrl-C stopping everything the
+script started. Each script runs as a user runs it: its own process.
+
+``scripts/local_federation.py``'s Ctrl-C is in ``test_deployment.py``, which has the
+certificates it needs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.synthetic import TRAIN_IMAGES, write_mnist_like
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def script(name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+        check=False,
+    )
+
+
+# ------------------------------------------------------------ refused before starting
+@pytest.mark.parametrize("name", ["simulate.py", "local_federation.py"])
+def test_a_resume_folder_without_a_checkpoint_is_named(
+    name: str, tmp_path: Path, make_certs_dir: Path
+) -> None:
+    folder = tmp_path / "no-such-run"
+    extra = ["--certs-dir", str(make_certs_dir)] if name != "simulate.py" else []
+    done = script(name, "--resume", str(folder), *extra)
+    assert done.returncode == 2, done.stderr
+    assert f"--resume {folder}" in done.stderr and "checkpoint.npz" in done.stderr
+
+
+def test_local_federation_without_certificates_says_how_to_make_them(
+    tmp_path: Path,
+) -> None:
+    done = script("local_federation.py", "--certs-dir", str(tmp_path / "none"))
+    assert done.returncode == 2, done.stderr
+    assert str(tmp_path / "none") in done.stderr
+    assert "scripts/make_certs.py" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--num-clients", "ten"], "--num-clients"),
+        (["--clients-per-round", "0"], "--clients-per-round"),
+        (["--num-clients", "10", "--clients-per-round", "20"], "--clients-per-round"),
+        (["--rounds", "1"], "--rounds"),
+        (["--data-dir", "/nonexistent/fmnist"], "--data-dir"),
+    ],
+)
+def test_the_benchmark_names_a_bad_flag(
+    args: list[str], named: str, mnist_dir: Path
+) -> None:
+    if "--data-dir" not in args:
+        args = [*args, "--data-dir", str(mnist_dir)]
+    done = script("benchmark.py", *args)
+    assert done.returncode == 2, done.stderr
+    assert named in done.stderr.splitlines()[-1], done.stderr
+
+
+@pytest.fixture(scope="module")
+def make_certs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("certs")
+    done = script("make_certs.py", "--out-dir", str(directory), "--num-supernodes", "3")
+    assert done.returncode == 0, done.stderr
+    return directory
+
+
+# ------------------------------------------------------------------ runs that end badly
+@pytest.mark.integration
+def test_a_failed_run_exits_1_and_its_log_names_the_damaged_file(
+    tmp_path: Path,
+) -> None:
+    """A training file cut short: the run fails (the ServerApp cannot load its
+    data), ``simulate.py`` says so and exits 1, and the log names the file."""
+    data = write_mnist_like(tmp_path / "data")
+    damaged = data / f"{TRAIN_IMAGES}.gz"
+    damaged.write_bytes(damaged.read_bytes()[:5000])
+    done = script(
+        "simulate.py",
+        "--num-supernodes",
+        "2",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--run-config",
+        f"dataset='mnist' data-dir='{data}' num-server-rounds=1",
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr
+    assert "did not complete" in done.stderr and "finished:failed" in done.stderr
+    log = (tmp_path / "out" / "logs" / "run.log").read_text()
+    assert f"{damaged} is truncated" in log, log[-3000:]
+
+
+@pytest.mark.integration
+def test_ctrl_c_stops_everything_simulate_started(tmp_path: Path) -> None:
+    data = write_mnist_like(tmp_path / "data")
+    with running(
+        tmp_path,
+        "simulate.py",
+        "--num-supernodes",
+        "4",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--run-config",
+        f"dataset='mnist' data-dir='{data}' num-server-rounds=100",
+    ) as (process, wait_for):
+        wait_for("round 1/100")  # the ServerApp, Ray and its actors are up
+        started = family(process.pid)
+        assert len(started) >= 4, [p.name() for p in started]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    assert "interrupted" in (tmp_path / "stderr").read_text()
+    assert_all_gone(started)
+
+
+# --------------------------------------------------------------------------- helpers
+@contextmanager
+def running(
+    tmp_path: Path, name: str, *args: str
+) -> Iterator[tuple[subprocess.Popen, Callable[[str], None]]]:
+    """The script in its own process, its output in ``tmp_path``/stdout and stderr;
+    ``wait_for(text)`` blocks until its output shows ``text``. Whatever happens,
+    it and all it started are killed at the end."""
+    with (
+        open(tmp_path / "stdout", "w") as out,
+        open(tmp_path / "stderr", "w") as err,
+    ):
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "scripts" / name), *args],
+            stdout=out,
+            stderr=err,
+            env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+        )
+
+        def wait_for(text: str, timeout: float = 240) -> None:
+            deadline = time.monotonic() + timeout
+            while text not in (tmp_path / "stdout").read_text():
+                assert process.poll() is None, (tmp_path / "stderr").read_text()
+                assert time.monotonic() < deadline, f"no {text!r} in {timeout:g}s"
+                time.sleep(0.2)
+
+        try:
+            yield process, wait_for
+        finally:
+            victims = family(process.pid)
+            process.kill()
+            for victim in victims:
+                with suppress(psutil.Error):
+                    victim.kill()
+            process.wait()
+
+
+def family(pid: int) -> list[psutil.Process]:
+    """``pid``'s descendants and the other members of their process groups (Ray's
+    workers may outlive their parent but stay in its group)."""
+    try:
+        found = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    groups = set()
+    for process in found:
+        try:
+            groups.add(os.getpgid(process.pid))
+        except OSError:
+            pass
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) in groups and process.pid != os.getpid():
+                found.append(process)
+        except OSError:
+            pass
+    return list({p.pid: p for p in found}.values())
+
+
+def assert_all_gone(processes: list[psutil.Process], timeout: float = 20) -> None:
+    """Every process gone (or a zombie waiting for its reaper) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for process in processes:
+            try:
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
+            except psutil.Error:
+                pass
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not alive, "still running:\n" + "\n".join(alive)
