@@ -41,7 +41,9 @@ from fl_app.results import (
 from tests.synthetic import write_mnist_like
 from tests.test_scripts import assert_all_gone, family, running
 
-pytestmark = pytest.mark.integration
+# One worker runs the whole module, in file order, beside the rest of the suite
+# (``pytest -n 2 --dist loadgroup``): its rounds mostly wait on Flower's polls.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("deployment")]
 
 REPO = Path(__file__).resolve().parent.parent
 NUM_NODES = 3

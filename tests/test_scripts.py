@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.synthetic import TRAIN_IMAGES, write_mnist_like
+from tests.synthetic import TEST_IMAGES, write_mnist_like
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -90,10 +90,11 @@ def make_certs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_failed_run_exits_1_and_its_log_names_the_damaged_file(
     tmp_path: Path,
 ) -> None:
-    """A training file cut short: the run fails (the ServerApp cannot load its
-    data), ``simulate.py`` says so and exits 1, and the log names the file."""
+    """The test set's images cut short: the run fails (the ServerApp cannot load
+    the data it evaluates on), ``simulate.py`` says so and exits 1, and the log
+    names the file."""
     data = write_mnist_like(tmp_path / "data")
-    damaged = data / f"{TRAIN_IMAGES}.gz"
+    damaged = data / f"{TEST_IMAGES}.gz"
     damaged.write_bytes(damaged.read_bytes()[:5000])
     done = script(
         "simulate.py",
