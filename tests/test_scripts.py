@@ -2,8 +2,8 @@
 before anything starts, a failed run's exit code, and Ctrl-C stopping everything the
 script started. Each script runs as a user runs it: its own process.
 
-``scripts/local_federation.py``'s Ctrl-C is in ``test_deployment.py``, which has the
-certificates it needs.
+``local_federation.py``'s own federation (SuperLink and SuperNodes over TLS) is not
+the one ``test_deployment.py`` shares: that is the point of stopping it.
 """
 
 from __future__ import annotations
@@ -61,9 +61,7 @@ def test_local_federation_without_certificates_says_how_to_make_them(
     ("args", "named"),
     [
         (["--num-clients", "ten"], "--num-clients"),
-        (["--clients-per-round", "0"], "--clients-per-round"),
         (["--num-clients", "10", "--clients-per-round", "20"], "--clients-per-round"),
-        (["--rounds", "1"], "--rounds"),
         (["--data-dir", "/nonexistent/fmnist"], "--data-dir"),
     ],
 )
@@ -128,6 +126,37 @@ def test_ctrl_c_stops_everything_simulate_started(tmp_path: Path) -> None:
         wait_for("round 1/100")  # the ServerApp, Ray and its actors are up
         started = family(process.pid)
         assert len(started) >= 4, [p.name() for p in started]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    assert "interrupted" in (tmp_path / "stderr").read_text()
+    assert_all_gone(started)
+
+
+@pytest.mark.integration
+def test_ctrl_c_stops_everything_local_federation_started(
+    make_certs_dir: Path, tmp_path: Path
+) -> None:
+    """``scripts/local_federation.py`` mid-run: Ctrl-C ends it with 130 and takes
+    down its SuperLink, SuperNodes, SuperExecs and ClientApp processes."""
+    data = write_mnist_like(tmp_path / "data")
+    config = f"dataset='mnist' data-dir='{data}' num-server-rounds=50"
+    with running(
+        tmp_path,
+        "local_federation.py",
+        "--num-supernodes",
+        "2",
+        "--certs-dir",
+        str(make_certs_dir),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--run-config",
+        f"{config} output-dir='{tmp_path / 'out'}'",
+    ) as (process, wait_for):
+        wait_for("2 SuperNodes online")
+        wait_for("Starting Flower ServerApp")
+        started = family(process.pid)
+        names = " ".join(" ".join(p.cmdline()) for p in started)
+        assert "flower-superlink" in names and "flower-supernode" in names
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 130
     assert "interrupted" in (tmp_path / "stderr").read_text()
