@@ -158,6 +158,24 @@ class LocalGrid(Grid):
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def quick_config(
+    data_dir: Path, output_dir: Path, rounds: int, **overrides: Any
+) -> dict[str, Any]:
+    """A run the tests can afford: ``rounds`` rounds, half of the nodes a round, no
+    client evaluation, MNIST-format files in ``data_dir``. ``overrides`` use Python
+    names for flat keys (``seed=7``) and dotted keys as ``**{"fedprox.mu": 0.1}``."""
+    return {
+        "num-server-rounds": rounds,
+        "fraction-fit": 0.5,
+        "fraction-evaluate": 0.0,
+        "learning-rate": 0.05,
+        "dataset": "mnist",
+        "data-dir": str(data_dir),
+        "output-dir": str(output_dir),
+        **{key.replace("_", "-"): value for key, value in overrides.items()},
+    }
+
+
 def run_config_for(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """pyproject's ``[tool.flwr.app.config]`` with ``overrides``, as Flower fuses
     them (an unknown key is refused, as ``flwr run`` refuses it)."""

@@ -29,7 +29,7 @@ from flwr.compat.common.recorddict_compat import (
 from fl_app.attacks import attacking_partitions
 from fl_app.results import SUMMARY_FILE, TIMING_FIELDS, read_history
 from strategies import STRATEGIES
-from tests.inprocess import LocalGrid, run_in_process
+from tests.inprocess import LocalGrid, quick_config, run_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -38,18 +38,6 @@ PER_ROUND = 5  # fraction-fit 0.5
 
 Run = tuple[LocalGrid, Path]
 Runner = Callable[..., Run]
-
-
-def base_config(data_dir: Path, output_dir: Path) -> dict[str, Any]:
-    return {
-        "num-server-rounds": 2,
-        "fraction-fit": 0.5,
-        "fraction-evaluate": 0.0,
-        "learning-rate": 0.05,
-        "dataset": "mnist",
-        "data-dir": str(data_dir),
-        "output-dir": str(output_dir),
-    }
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +49,7 @@ def run(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Runner:
         key = json.dumps(overrides, sort_keys=True)
         if key not in done:
             output_dir = tmp_path_factory.mktemp("in-process")
-            config = {**base_config(mnist_dir, output_dir), **overrides}
+            config = {**quick_config(mnist_dir, output_dir, 2), **overrides}
             grid = run_in_process(config, NUM_NODES)
             done[key] = grid, (output_dir / "latest").resolve()
         return done[key]
@@ -143,7 +131,7 @@ def test_the_same_seed_repeats_the_run_and_another_seed_does_not(
     run: Runner, tmp_path: Path, mnist_dir: Path
 ) -> None:
     _, first = run(strategy="fedavg")
-    run_in_process(base_config(mnist_dir, tmp_path), NUM_NODES)
+    run_in_process(quick_config(mnist_dir, tmp_path, 2), NUM_NODES)
     again = (tmp_path / "latest").resolve()
     _, other = run(strategy="fedavg", seed=8)
     assert history(again) == history(first)

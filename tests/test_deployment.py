@@ -4,8 +4,9 @@ One federation (SuperLink + 3 SuperNodes on loopback, started by fl_app/federati
 from certificates made by scripts/make_certs.py) serves the whole module: starting it
 costs ~10 s and a deployed round 10-30 s on a 2-core machine (every message starts
 a fresh ``flwr-clientapp`` process, and an idle SuperNode polls every 3 s). So the
-module runs as few rounds as its checks need: one SCAFFOLD run is both the check of
-client state across rounds and the reference its crash-and-resume must equal.
+module runs as few rounds as its checks need: the uninterrupted run a crash and
+resume must equal is run in process (``tests/inprocess.py``), and the resumed run
+is also the check of client state across rounds.
 Tests run in file order; the last one kills a SuperNode.
 
 What Flower 1.42 does when a SuperNode dies mid-round: the SuperLink answers the
@@ -37,6 +38,7 @@ from fl_app.results import (
     PLOT_FILE,
     read_history,
 )
+from tests.inprocess import run_in_process
 from tests.synthetic import write_mnist_like
 
 # One worker runs the whole module, in file order, beside the rest of the suite
@@ -153,23 +155,16 @@ def explain(result: RunResult) -> str:
 def test_scaffold_state_persists_and_a_killed_serverapp_resumes(
     federation: Federation, data_dir: Path, tmp_path: Path
 ) -> None:
-    """SCAFFOLD over TLS, 2 rounds: each SuperNode keeps its control variate c_i
-    between rounds, although every message runs in a fresh ``flwr-clientapp``
-    process (every node trains every round, so in round 2 all of them find the
-    c_i they stored). Then the same run, its ``flwr-serverapp`` process killed
-    with SIGKILL mid-round 2 and resumed (``resume = true``): rounds 0-2 equal the
-    uninterrupted run's to 1e-6, and the nodes find their c_i after the resume."""
+    """SCAFFOLD over TLS, 2 rounds, its ``flwr-serverapp`` process killed with
+    SIGKILL mid-round 2 and resumed (``resume = true``): rounds 0-2 equal the
+    uninterrupted run's to 1e-6 (run in process: ``tests/inprocess.py``), and
+    each SuperNode keeps its control variate c_i between rounds, across the kill
+    too, although every message runs in a fresh ``flwr-clientapp`` process (every
+    node trains every round, so in round 2 all of them find the c_i they stored)."""
     whole = run_config(data_dir, tmp_path / "whole", num_server_rounds=2)
     whole["strategy"] = "scaffold"
-    reference = finish(*run_in_background(federation, whole), 200)
-    assert reference.completed, explain(reference)
-    whole_run = (tmp_path / "whole" / "latest").resolve()
-    for name in (HISTORY_JSON, HISTORY_CSV, MODEL_FILE, PLOT_FILE):
-        assert (whole_run / name).is_file(), name
-    want = read_history(whole_run)
-    assert [row["round"] for row in want] == [0, 1, 2]
-    assert want[2]["test_accuracy"] > want[0]["test_accuracy"]
-    assert [row["clients_succeeded"] for row in want[1:]] == [NUM_NODES] * 2
+    run_in_process(whole, NUM_NODES)
+    want = read_history((tmp_path / "whole" / "latest").resolve())
     returning = [0, NUM_NODES]
     assert [row["scaffold_returning"] for row in want[1:]] == returning
 
@@ -200,8 +195,12 @@ def test_scaffold_state_persists_and_a_killed_serverapp_resumes(
     resumed["resume-dir"] = str(crash_run)
     result = finish(*run_in_background(federation, resumed), 200)
     assert result.completed, explain(result)
+    for name in (HISTORY_JSON, HISTORY_CSV, MODEL_FILE, PLOT_FILE):
+        assert (crash_run / name).is_file(), name
     got = read_history(crash_run)
     assert [row["round"] for row in got] == [0, 1, 2]
+    assert got[2]["test_accuracy"] > got[0]["test_accuracy"]
+    assert [row["clients_succeeded"] for row in got[1:]] == [NUM_NODES] * 2
     for mine, theirs in zip(got, want, strict=True):
         for key in ("test_loss", "test_accuracy", "train_loss"):
             if theirs[key] is not None:

@@ -29,7 +29,7 @@ from fl_app.runner import (
     run_status,
     simulation_config,
 )
-from tests.inprocess import run_in_process
+from tests.inprocess import quick_config, run_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -39,18 +39,8 @@ SuperLink = tuple[FlowerHome, ManagedProcess]
 
 
 def run_config(data_dir: Path, output_dir: Path, **overrides: Any) -> dict[str, Any]:
-    """3 rounds, 5 of 10 clients a round; ``overrides`` use Python names for flat
-    keys (``seed=7``) and dotted keys as ``**{"fedprox.mu": 0.1}``."""
-    return {
-        "num-server-rounds": 3,
-        "fraction-fit": 0.5,
-        "fraction-evaluate": 0.0,
-        "learning-rate": 0.05,
-        "dataset": "mnist",
-        "data-dir": str(data_dir),
-        "output-dir": str(output_dir),
-        **{key.replace("_", "-"): value for key, value in overrides.items()},
-    }
+    """3 rounds, 5 of 10 clients a round (``tests/inprocess.quick_config``)."""
+    return quick_config(data_dir, output_dir, 3, **overrides)
 
 
 def simulate(
