@@ -125,7 +125,7 @@ def test_ctrl_c_stops_everything_simulate_started(tmp_path: Path) -> None:
     ) as (process, wait_for):
         wait_for("round 1/100")  # the ServerApp, Ray and its actors are up
         started = family(process.pid)
-        assert len(started) >= 4, [p.name() for p in started]
+        assert len(started) >= 4, [command_of(p) for p in started]
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 130
     assert "interrupted" in (tmp_path / "stderr").read_text()
@@ -155,7 +155,7 @@ def test_ctrl_c_stops_everything_local_federation_started(
         wait_for("2 SuperNodes online")
         wait_for("Starting Flower ServerApp")
         started = family(process.pid)
-        names = " ".join(" ".join(p.cmdline()) for p in started)
+        names = " ".join(command_of(p) for p in started)
         assert "flower-superlink" in names and "flower-supernode" in names
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 130
@@ -222,6 +222,14 @@ def family(pid: int) -> list[psutil.Process]:
     return list({p.pid: p for p in found}.values())
 
 
+def command_of(process: psutil.Process) -> str:
+    """Its command line, or "" once it has gone (a ClientApp lives one message)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def assert_all_gone(processes: list[psutil.Process], timeout: float = 20) -> None:
     """Every process gone (or a zombie waiting for its reaper) within ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -230,7 +238,7 @@ def assert_all_gone(processes: list[psutil.Process], timeout: float = 20) -> Non
         for process in processes:
             try:
                 if process.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
+                    alive.append(f"{process.pid} {command_of(process)[:120]}")
             except psutil.Error:
                 pass
         if not alive or time.monotonic() > deadline:
