@@ -160,22 +160,26 @@ class ManagedProcess:
         return self.popen.returncode
 
     def _family(self) -> list[psutil.Process]:
-        """The descendants, and the other members of their process groups: Ray
-        workers whose raylet has exited are orphans, but still in the group of the
-        SuperExec that started them."""
-        try:
-            found = psutil.Process(self.pid).children(recursive=True)
-        except psutil.Error:
-            return []
-        groups = {self.pid, *(_pgid(process.pid) for process in found)} - {None}
-        found += [p for p in psutil.process_iter() if _pgid(p.pid) in groups]
-        ours = (self.pid, os.getpid())
-        return list({p.pid: p for p in found if p.pid not in ours}.values())
+        return process_family(self.pid)
 
     def kill(self) -> None:
         """Die now, like a crashed machine: SIGKILL to the group, no clean-up."""
         _signal_group(self.pid, signal.SIGKILL)
         self.popen.wait(timeout=10)
+
+
+def process_family(pid: int) -> list[psutil.Process]:
+    """``pid``'s descendants, and the other members of their process groups: Ray
+    workers whose raylet has exited are orphans, but still in the group of the
+    SuperExec that started them. Neither ``pid`` nor the caller is listed."""
+    try:
+        found = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    groups = {pid, *(_pgid(process.pid) for process in found)} - {None}
+    found += [p for p in psutil.process_iter() if _pgid(p.pid) in groups]
+    ours = (pid, os.getpid())
+    return list({p.pid: p for p in found if p.pid not in ours}.values())
 
 
 def _pgid(pid: int) -> int | None:

@@ -46,11 +46,9 @@ def _copy(message: Message) -> Message:
 
 
 class LocalGrid(Grid):
-    """A ``Grid`` whose nodes are ClientApp calls in a worker thread of this process.
-
-    ``workers`` ClientApp calls run at once (1 by default: one trainer, as one Ray
-    actor per core gives on a 2-core machine, and torch has the cores to itself).
-    """
+    """A ``Grid`` whose nodes are ClientApp calls in a worker thread of this process,
+    one call at a time (one trainer, as one Ray actor per core gives on a 2-core
+    machine, and torch has the cores to itself)."""
 
     def __init__(
         self,
@@ -58,8 +56,6 @@ class LocalGrid(Grid):
         run: Run,
         run_config: Mapping[str, Any],
         num_nodes: int,
-        *,
-        workers: int = 1,
     ) -> None:
         self.client_app = client_app
         self._run = run
@@ -74,7 +70,7 @@ class LocalGrid(Grid):
             )
             for p, node_id in enumerate(ids)
         }
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="local-node")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="local-node")
         self._pending: dict[str, Future[Message]] = {}
         self._lock = threading.Lock()
         #: (request, reply) of every message handled, in the order they finished
@@ -174,6 +170,33 @@ def quick_config(
         "output-dir": str(output_dir),
         **{key.replace("_", "-"): value for key, value in overrides.items()},
     }
+
+
+def seeded_samples(
+    seed: int, rounds: int, num_nodes: int = 10, per_round: int = 5
+) -> list[set[int]]:
+    """The partitions sampled in rounds 1..rounds, worked out as the strategy's
+    documented draw (``strategies/sampling.py``: generator ``[seed, round, 0]``,
+    ``per_round`` of ``num_nodes`` without replacement), not by calling it."""
+    return [
+        set(
+            np.random.default_rng([seed, r, 0])
+            .choice(num_nodes, size=per_round, replace=False)
+            .tolist()
+        )
+        for r in range(1, rounds + 1)
+    ]
+
+
+def returning_counts(samples: list[set[int]]) -> list[int]:
+    """Per round, the sampled clients that were sampled before: those that must
+    find the client state (SCAFFOLD's c_i) they stored."""
+    seen: set[int] = set()
+    counts = []
+    for sample in samples:
+        counts.append(len(sample & seen))
+        seen |= sample
+    return counts
 
 
 def run_config_for(overrides: Mapping[str, Any]) -> dict[str, Any]:

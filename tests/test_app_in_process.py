@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from flwr.app.message_type import MessageType
@@ -29,7 +28,13 @@ from flwr.compat.common.recorddict_compat import (
 from fl_app.attacks import attacking_partitions
 from fl_app.results import SUMMARY_FILE, TIMING_FIELDS, read_history
 from strategies import STRATEGIES
-from tests.inprocess import LocalGrid, quick_config, run_in_process
+from tests.inprocess import (
+    LocalGrid,
+    quick_config,
+    returning_counts,
+    run_in_process,
+    seeded_samples,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -61,19 +66,6 @@ def history(run_dir: Path) -> list[dict[str, Any]]:
     return [
         {k: v for k, v in row.items() if k not in TIMING_FIELDS}
         for row in read_history(run_dir)
-    ]
-
-
-def seeded_samples(seed: int, rounds: int) -> list[set[int]]:
-    """The partitions sampled in rounds 1..rounds, drawn as the strategy draws them
-    (``strategies/sampling.py``: generator ``[seed, round, 0]``, m of K)."""
-    return [
-        set(
-            np.random.default_rng([seed, r, 0])
-            .choice(NUM_NODES, size=PER_ROUND, replace=False)
-            .tolist()
-        )
-        for r in range(1, rounds + 1)
     ]
 
 
@@ -118,11 +110,7 @@ def test_scaffold_clients_find_their_variates_in_their_state(run: Runner) -> Non
     returning clients per round is what the seeded sample implies."""
     seed, rounds = 11, 4
     _, run_dir = run(strategy="scaffold", seed=seed, **{"num-server-rounds": rounds})
-    seen: set[int] = set()
-    expected = []
-    for sample in seeded_samples(seed, rounds):
-        expected.append(len(sample & seen))
-        seen |= sample
+    expected = returning_counts(seeded_samples(seed, rounds))
     assert sum(expected[1:]) > 0  # some client returns, so the check can fail
     assert [row["scaffold_returning"] for row in history(run_dir)[1:]] == expected
 

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 import pytest
 import torch
@@ -34,8 +33,8 @@ from fl_app.runner import (
     run_status,
     simulation_config,
 )
+from tests.inprocess import APP_DIR, returning_counts, seeded_samples
 from tests.test_simulation import (
-    APP_DIR,
     assert_same_history,
     in_process_history,
 )
@@ -45,7 +44,6 @@ pytestmark = pytest.mark.integration
 ROUNDS = 3
 KILLED_IN = 2  # the round the kill interrupts
 SEED = 3
-NUM_NODES = 10
 
 
 def run_config(data_dir: Path, output_dir: Path) -> dict[str, Any]:
@@ -125,19 +123,6 @@ def kill_server_app(superlink: ManagedProcess) -> None:
             pass
 
 
-def returning_clients() -> list[int]:
-    """Per round, the sampled clients that were sampled before: those that must
-    find their c_i (the seeded draw of ``strategies/sampling.py``)."""
-    seen: set[int] = set()
-    returning = []
-    for server_round in range(1, ROUNDS + 1):
-        rng = np.random.default_rng([SEED, server_round, 0])
-        sample = set(rng.choice(NUM_NODES, size=5, replace=False).tolist())
-        returning.append(len(sample & seen))
-        seen |= sample
-    return returning
-
-
 def test_a_finished_run_and_a_killed_and_resumed_one_agree(
     superlink: tuple[FlowerHome, ManagedProcess],
     mnist_dir: Path,
@@ -208,6 +193,6 @@ def check_what_a_run_leaves(run_dir: Path) -> None:
         assert math.isfinite(row["train_loss"])
         assert 0.0 <= row["federated_accuracy"] <= 1.0
         assert math.isfinite(row["federated_loss"])
-    expected = returning_clients()
+    expected = returning_counts(seeded_samples(SEED, ROUNDS))
     assert sum(expected) > 0  # some client returns, so the check can fail
     assert [row["scaffold_returning"] for row in history[1:]] == expected

@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fl_app.runner import process_family
 from tests.synthetic import TEST_IMAGES, write_mnist_like
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,7 +125,7 @@ def test_ctrl_c_stops_everything_simulate_started(tmp_path: Path) -> None:
         f"dataset='mnist' data-dir='{data}' num-server-rounds=100",
     ) as (process, wait_for):
         wait_for("round 1/100")  # the ServerApp, Ray and its actors are up
-        started = family(process.pid)
+        started = process_family(process.pid)
         assert len(started) >= 4, [command_of(p) for p in started]
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 130
@@ -154,7 +155,7 @@ def test_ctrl_c_stops_everything_local_federation_started(
     ) as (process, wait_for):
         wait_for("2 SuperNodes online")
         wait_for("Starting Flower ServerApp")
-        started = family(process.pid)
+        started = process_family(process.pid)
         names = " ".join(command_of(p) for p in started)
         assert "flower-superlink" in names and "flower-supernode" in names
         process.send_signal(signal.SIGINT)
@@ -192,34 +193,12 @@ def running(
         try:
             yield process, wait_for
         finally:
-            victims = family(process.pid)
+            victims = process_family(process.pid)
             process.kill()
             for victim in victims:
                 with suppress(psutil.Error):
                     victim.kill()
             process.wait()
-
-
-def family(pid: int) -> list[psutil.Process]:
-    """``pid``'s descendants and the other members of their process groups (Ray's
-    workers may outlive their parent but stay in its group)."""
-    try:
-        found = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-    groups = set()
-    for process in found:
-        try:
-            groups.add(os.getpgid(process.pid))
-        except OSError:
-            pass
-    for process in psutil.process_iter():
-        try:
-            if os.getpgid(process.pid) in groups and process.pid != os.getpid():
-                found.append(process)
-        except OSError:
-            pass
-    return list({p.pid: p for p in found}.values())
 
 
 def command_of(process: psutil.Process) -> str:

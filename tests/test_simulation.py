@@ -29,11 +29,10 @@ from fl_app.runner import (
     run_status,
     simulation_config,
 )
-from tests.inprocess import quick_config, run_in_process
+from tests.inprocess import APP_DIR, quick_config, run_in_process
 
 pytestmark = pytest.mark.integration
 
-APP_DIR = Path(__file__).resolve().parent.parent
 NUM_NODES = 10
 SuperLink = tuple[FlowerHome, ManagedProcess]
 
