@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from fl_app.config import RunConfig
-from fl_app.results import write_atomically
+from fl_app.files import write_atomically
 
 CHECKPOINT_FILE = "checkpoint.npz"
 FORMAT = 1

@@ -22,16 +22,15 @@ from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 from torch import nn
 
+from fl_app import keys
 from fl_app.attacks import attacking_partitions, flip_labels, poison_update
 from fl_app.client_parts import ClientPart, client_part
 from fl_app.compression import CodecSpec, encode
 from fl_app.config import AttackConfig, RunConfig
 from fl_app.data import Split, client_data
 from fl_app.model import build_model, get_weights, set_weights
-from fl_app.privacy import DP_CLIP, clip
+from fl_app.privacy import clip
 from fl_app.training import evaluate, local_steps, seeded_generator, train
-
-RESIDUAL = "compression.residual"  # Context.state key: what error feedback carries
 
 # Minibatches of ~10 rows gain nothing from intra-op threads; the parallelism is in
 # running clients side by side (one per core), which extra threads would fight.
@@ -72,9 +71,9 @@ class FlowerClient(NumPyClient):
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         """Tell the server which partition this node holds (node ids are random)."""
         return {
-            "partition-id": self.partition_id,
-            "num-partitions": self.num_partitions,
-            "num-examples": len(self.train_data),
+            keys.PARTITION_ID: self.partition_id,
+            keys.NUM_PARTITIONS: self.num_partitions,
+            keys.NUM_EXAMPLES: len(self.train_data),
         }
 
     def fit(
@@ -90,21 +89,27 @@ class FlowerClient(NumPyClient):
             for new, old in zip(get_weights(self.model), received, strict=True)
         ]
         steps = local_steps(
-            len(self.train_data), int(config["local-epochs"]), int(config["batch-size"])
+            len(self.train_data),
+            int(config[keys.LOCAL_EPOCHS]),
+            int(config[keys.BATCH_SIZE]),
         )
-        extras_up = part.extras_up(update, steps, float(config["learning-rate"]))
+        extras_up = part.extras_up(update, steps, float(config[keys.LEARNING_RATE]))
         if self.attack is not None:
             rng = np.random.default_rng(
-                [int(config["seed"]), int(config["server-round"]), self.partition_id]
+                [
+                    int(config[keys.SEED]),
+                    int(config[keys.SERVER_ROUND]),
+                    self.partition_id,
+                ]
             )
             update = poison_update(self.attack, update, rng)
         num_examples = len(self.train_data)
-        if DP_CLIP in config:  # central DP under SecAgg+: clip here, weigh 1
-            update, num_examples = clip(update, float(config[DP_CLIP])), 1
+        if keys.DP_CLIP in config:  # central DP under SecAgg+: clip here, weigh 1
+            update, num_examples = clip(update, float(config[keys.DP_CLIP])), 1
         update = self.encode(update, config)
         metrics: dict[str, Scalar] = {
-            "train_loss": loss,
-            "partition_id": self.partition_id,
+            keys.TRAIN_LOSS: loss,
+            keys.REPORTED_PARTITION: self.partition_id,
             **part.metrics(),
         }
         return update + extras_up, num_examples, metrics
@@ -115,14 +120,19 @@ class FlowerClient(NumPyClient):
         if self.codec is None or self.codec.scheme == "none":
             return update
         rng = np.random.default_rng(
-            [int(config["seed"]), int(config["server-round"]), self.partition_id, 1]
+            [
+                int(config[keys.SEED]),
+                int(config[keys.SERVER_ROUND]),
+                self.partition_id,
+                1,
+            ]
         )
         residual = None
-        if self.codec.error_feedback and RESIDUAL in self.state:
-            residual = self.state[RESIDUAL].to_numpy_ndarrays()  # type: ignore[union-attr]
+        if self.codec.error_feedback and keys.RESIDUAL in self.state:
+            residual = self.state[keys.RESIDUAL].to_numpy_ndarrays()  # type: ignore[union-attr]
         payload, residual = encode(update, self.codec, rng, residual)
         if residual is not None:
-            self.state[RESIDUAL] = ArrayRecord(residual)
+            self.state[keys.RESIDUAL] = ArrayRecord(residual)
         return payload
 
     def train_locally(
@@ -130,14 +140,14 @@ class FlowerClient(NumPyClient):
     ) -> float:
         """E epochs of SGD, batch B; batches seeded by run, round and client."""
         generator = seeded_generator(
-            int(config["seed"]), int(config["server-round"]), self.partition_id
+            int(config[keys.SEED]), int(config[keys.SERVER_ROUND]), self.partition_id
         )
         return train(
             self.model,
             self.train_data,
-            epochs=int(config["local-epochs"]),
-            batch_size=int(config["batch-size"]),
-            lr=float(config["learning-rate"]),
+            epochs=int(config[keys.LOCAL_EPOCHS]),
+            batch_size=int(config[keys.BATCH_SIZE]),
+            lr=float(config[keys.LEARNING_RATE]),
             generator=generator,
             objective=part,
         )
@@ -147,7 +157,7 @@ class FlowerClient(NumPyClient):
     ) -> tuple[float, int, dict[str, Scalar]]:
         set_weights(self.model, parameters)
         loss, accuracy = evaluate(self.model, self.val_data)
-        return loss, len(self.val_data), {"accuracy": accuracy}
+        return loss, len(self.val_data), {keys.ACCURACY: accuracy}
 
 
 def _flips(attack: AttackConfig | None) -> bool:
@@ -191,4 +201,4 @@ def build_client(
     )
 
 
-__all__ = ["RESIDUAL", "FlowerClient", "build_client"]
+__all__ = ["FlowerClient", "build_client"]

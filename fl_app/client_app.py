@@ -20,6 +20,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
     RECORD_KEY_CONFIGS as SECAGG_RECORD,
 )
 
+from fl_app import keys
 from fl_app.config import RunConfig
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class NodeClient(NumPyClient):
         store = NodeStore.for_message(self.node.node_config, config, partition_id)
         if store is None:
             return self.client_for(config).fit(parameters, config)
-        server_round = int(config["server-round"])
+        server_round = int(config[keys.SERVER_ROUND])
         state = store.load(before_round=server_round)
         reply = self.client_for(config, state).fit(parameters, config)
         store.save(state, server_round)
@@ -79,9 +80,9 @@ class NodeClient(NumPyClient):
 
 def _partition(node: Context, message_config: dict[str, Scalar]) -> tuple[int, int]:
     """(partition-id, num-partitions): the message's, else the node's own."""
-    source = message_config if "partition-id" in message_config else node.node_config
+    source = message_config if keys.PARTITION_ID in message_config else node.node_config
     try:
-        return int(source["partition-id"]), int(source["num-partitions"])
+        return int(source[keys.PARTITION_ID]), int(source[keys.NUM_PARTITIONS])
     except KeyError as missing:
         raise ValueError(
             f"node config lacks {missing}; start the SuperNode with "

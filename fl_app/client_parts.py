@@ -20,9 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.common import NDArrays, Scalar
 from torch import nn
 
-# Fit-config keys. "proximal_mu" is the key Flower's own FedProx strategy sends.
-PROXIMAL_MU = "proximal_mu"
-SCAFFOLD = "scaffold"
+from fl_app import keys
 
 
 class ClientPart:
@@ -70,15 +68,12 @@ class ScaffoldClient(ClientPart):
     ``delta_c = c_i+ - c_i`` travels up with the model update ``y - x``.
     """
 
-    STATE_KEY = "scaffold.c_i"
-    ROUNDS_KEY = "scaffold.rounds"  # how many rounds this c_i has been updated
-
     def __init__(self, server_variate: NDArrays, state: RecordDict) -> None:
         self.c = server_variate
         self.state = state
-        if self.STATE_KEY in state:
-            self.c_i = state[self.STATE_KEY].to_numpy_ndarrays()  # type: ignore[union-attr]
-            self.rounds = int(state[self.ROUNDS_KEY]["rounds"])  # type: ignore[index]
+        if keys.SCAFFOLD_VARIATE in state:
+            self.c_i = state[keys.SCAFFOLD_VARIATE].to_numpy_ndarrays()  # type: ignore[union-attr]
+            self.rounds = int(state[keys.SCAFFOLD_ROUNDS]["rounds"])  # type: ignore[index]
         else:
             self.c_i = [np.zeros_like(c) for c in server_variate]
             self.rounds = 0
@@ -97,13 +92,13 @@ class ScaffoldClient(ClientPart):
             c_i - c - u / (steps * lr)
             for c_i, c, u in zip(self.c_i, self.c, update, strict=True)
         ]
-        self.state[self.STATE_KEY] = ArrayRecord(c_i_new)
-        self.state[self.ROUNDS_KEY] = ConfigRecord({"rounds": self.rounds + 1})
+        self.state[keys.SCAFFOLD_VARIATE] = ArrayRecord(c_i_new)
+        self.state[keys.SCAFFOLD_ROUNDS] = ConfigRecord({"rounds": self.rounds + 1})
         return [new - old for new, old in zip(c_i_new, self.c_i, strict=True)]
 
     def metrics(self) -> dict[str, Scalar]:
         """Rounds of state found in ``Context.state``: > 0 shows c_i persisted."""
-        return {"scaffold_state_rounds": self.rounds}
+        return {keys.SCAFFOLD_STATE_ROUNDS: self.rounds}
 
 
 # (fit config, global weights, extra arrays sent down, Context.state) -> part
@@ -124,11 +119,14 @@ def _scaffold(
 def _fedprox(
     config: dict[str, Scalar], weights: NDArrays, extras: NDArrays, state: RecordDict
 ) -> ClientPart:
-    return FedProxTerm(float(config[PROXIMAL_MU]), weights)
+    return FedProxTerm(float(config[keys.PROXIMAL_MU]), weights)
 
 
 #: Fit-config key -> the client part its presence switches on; the first key wins.
-CLIENT_PARTS: dict[str, PartBuilder] = {SCAFFOLD: _scaffold, PROXIMAL_MU: _fedprox}
+CLIENT_PARTS: dict[str, PartBuilder] = {
+    keys.SCAFFOLD: _scaffold,
+    keys.PROXIMAL_MU: _fedprox,
+}
 
 
 def client_part(

@@ -28,11 +28,10 @@ from flwr.common import Scalar
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
+from fl_app import keys
 from fl_app.data import cache_dir
-from fl_app.results import write_atomically
+from fl_app.files import write_atomically
 
-EXPERIMENT = "experiment"  # fit-config key: the run folder's name
-STATE_DIR = "state-dir"  # node-config key
 _VERSION = re.compile(r"round-(\d+)\.bin")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -53,10 +52,10 @@ class NodeStore:
         partition: int,
     ) -> NodeStore | None:
         """The store a fit message asks for (None: it names no experiment)."""
-        experiment = message_config.get(EXPERIMENT)
+        experiment = message_config.get(keys.EXPERIMENT)
         if not experiment:
             return None
-        root = node_config.get(STATE_DIR) or cache_dir() / "client-state"
+        root = node_config.get(keys.STATE_DIR) or cache_dir() / "client-state"
         return cls(Path(str(root)).expanduser(), str(experiment), partition)
 
     def versions(self) -> list[int]:

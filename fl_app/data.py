@@ -26,7 +26,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from fl_app.results import write_atomically
+from fl_app.files import write_atomically
 
 # Per-dataset normalisation (mean, std of the training pixels in [0, 1]).
 NORMALISATION = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}

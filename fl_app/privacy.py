@@ -32,8 +32,6 @@ from flwr.common import NDArrays
 from fl_app.config import DpConfig
 from fl_app.model import update_norm
 
-DP_CLIP = "dp-clip-norm"  # fit-config key: clients clip (central DP under SecAgg+)
-
 
 def clip(update: NDArrays, clip_norm: float) -> NDArrays:
     """``update * min(1, S / ||update||)``: the whole update as one vector."""

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fl_app.files import write_atomically
+
 HISTORY_JSON = "history.json"
 SUMMARY_FILE = "summary.json"
 HISTORY_CSV = "history.csv"
@@ -86,21 +88,6 @@ def new_run_dir(output_dir: str | Path, run_id: int | str | None = None) -> Path
     return run_dir
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file whole
-    (a temporary file in the same folder, renamed over ``path``; removed on error)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _json_safe(value: Any) -> Any:
     """NaN is not JSON: write it as null."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -128,10 +115,6 @@ def write_history(run_dir: Path, records: list[RoundRecord]) -> None:
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
     """The rows of ``history.json`` (NaN written as null stays None)."""
     return json.loads((run_dir / HISTORY_JSON).read_text())
-
-
-def write_json(path: Path, payload: Any) -> None:
-    write_atomically(path, json.dumps(payload, indent=1, default=str).encode() + b"\n")
 
 
 def save_model(run_dir: Path, model: nn.Module) -> None:

@@ -29,7 +29,7 @@ from fl_app.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from fl_app.config import RunConfig
 from fl_app.grid import prompt
 from fl_app.results import new_run_dir
-from strategies import STRATEGIES
+from strategies import strategy_class
 
 
 def server_fn(context: Context) -> ServerAppComponents:
@@ -38,6 +38,7 @@ def server_fn(context: Context) -> ServerAppComponents:
 
 
 def components(config: RunConfig, run_id: int) -> ServerAppComponents:
+    kind = strategy_class(config)  # checked before any folder is made
     state = None
     if config.resume:
         run_dir = config.run_to_resume()
@@ -46,7 +47,7 @@ def components(config: RunConfig, run_id: int) -> ServerAppComponents:
     else:
         run_dir = new_run_dir(config.output_dir, run_id)
     log(INFO, "results of this run go to %s", run_dir)
-    strategy = STRATEGIES[config.strategy](config, run_dir)
+    strategy = kind(config, run_dir)
     if state is not None:
         strategy.load_state_dict(state)
     # Flower counts this run's rounds from 1; the strategy adds the rounds done.

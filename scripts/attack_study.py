@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from fl_app.config import ATTACKS
-from fl_app.study import (
+from fl_app.studies.driver import (
     RunResult,
     Study,
     add_common_arguments,

@@ -41,9 +41,8 @@ import psutil
 
 from fl_app.config import RunConfig
 from fl_app.data import IDX_FILES, client_data, find_idx, load_split
-from fl_app.model import build_model, get_weights, set_weights
-from fl_app.results import HISTORY_JSON, read_history, write_json
-from fl_app.runner import (
+from fl_app.files import write_json
+from fl_app.launch.runner import (
     FlowerHome,
     flwr_run,
     free_port,
@@ -53,6 +52,8 @@ from fl_app.runner import (
     start_simulation_superlink,
     uninterruptible,
 )
+from fl_app.model import build_model, get_weights, set_weights
+from fl_app.results import HISTORY_JSON, read_history
 from fl_app.training import evaluate, seeded_generator, train
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -278,7 +279,7 @@ def run_deployed(rounds: int, data_dir: str, out: Path) -> dict[str, Any]:
     third of the training set each), timed from the SuperLink's start."""
     import subprocess
 
-    from fl_app.federation import Certs, Federation
+    from fl_app.launch.federation import Certs, Federation
 
     with tempfile.TemporaryDirectory(prefix="fl-bench-deploy-") as tmp:
         certs_dir = Path(tmp) / "certs"

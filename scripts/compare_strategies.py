@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any
 
-from fl_app.study import (
+from fl_app.studies.driver import (
     RunResult,
     Study,
     add_common_arguments,

@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from fl_app.compression import SCHEMES
-from fl_app.results import write_atomically
-from fl_app.study import (
+from fl_app.files import write_atomically
+from fl_app.studies.driver import (
     RunResult,
     Study,
     add_common_arguments,
@@ -428,7 +428,7 @@ def plot_upload_curves(
     """Test accuracy (%) against the cumulative upload (MB, log scale), one panel
     per key of ``panels`` (``{panel title: {curve label: history rows}}``), into
     one PNG; a label keeps its colour in every panel. Written atomically.
-    (``fl_app.study.plot_curves`` plots against the round only.)"""
+    (``fl_app.studies.driver.plot_curves`` plots against the round only.)"""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from fl_app.federation import Certs, Federation
-from fl_app.runner import (
+from fl_app.launch.federation import Certs, Federation
+from fl_app.launch.runner import (
     parse_run_config,
     report_outcome,
     resume_from,

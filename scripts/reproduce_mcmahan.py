@@ -71,7 +71,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fl_app.study import (
+from fl_app.studies.driver import (
     RunResult,
     Study,
     add_common_arguments,

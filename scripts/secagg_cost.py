@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from fl_app.model import build_model, get_weights
-from fl_app.study import Study, markdown_table, write_results, write_text
+from fl_app.studies.driver import Study, markdown_table, write_results, write_text
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
 

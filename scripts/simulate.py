@@ -12,24 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
-from fl_app.runner import (
-    FlowerHome,
-    flwr_run,
-    free_port,
-    parse_run_config,
-    report_outcome,
-    resume_from,
-    run_status,
-    sigterm_as_interrupt,
-    simulation_config,
-    start_simulation_superlink,
-    uninterruptible,
-)
-
-APP_DIR = Path(__file__).resolve().parent.parent
+from fl_app.launch.runner import parse_run_config, report_outcome, resume_from
+from fl_app.launch.simulation import SimulationSuperLink
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,39 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = Path(run_config["output-dir"])
     log_dir = output_dir / "logs"
 
-    with tempfile.TemporaryDirectory(prefix="fl-app-flwr-") as tmp:
-        home = FlowerHome(Path(tmp))
-        port = free_port()
-        home.add_connection("sim", f"127.0.0.1:{port}")
-        federation = simulation_config(args.num_supernodes, args.cpus_per_client)
-        superlink = None
-        try:
-            with sigterm_as_interrupt():
-                superlink = start_simulation_superlink(home, port, log_dir)
-                run_id = flwr_run(
-                    APP_DIR,
-                    "sim",
-                    home,
-                    run_config,
-                    log_path=log_dir / "run.log",
-                    echo=True,
-                    federation_config=federation,
-                )
-                status = run_status("sim", home, run_id)
-        except KeyboardInterrupt:
-            print("\ninterrupted: stopping the SuperLink", file=sys.stderr)
-            return 130
-        finally:
-            if superlink is not None:
-                with uninterruptible():
-                    superlink.stop()
-
+    try:
+        with SimulationSuperLink(log_dir) as superlink:
+            outcome = superlink.run(
+                run_config,
+                num_supernodes=args.num_supernodes,
+                cpus_per_client=args.cpus_per_client,
+                log_path=log_dir / "run.log",
+                echo=True,
+            )
+    except KeyboardInterrupt:
+        print("\ninterrupted: the SuperLink is stopped", file=sys.stderr)
+        return 130
     return report_outcome(
-        run_id,
-        str(status.get("status", "")),
-        str(status.get("status-details", "")),
-        output_dir,
-        log_dir,
+        outcome.run_id, outcome.status, outcome.details, output_dir, log_dir
     )
 
 

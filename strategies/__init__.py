@@ -1,5 +1,9 @@
 """Strategies by config name: ``strategy = "<name>"`` in the run config picks one.
 
+Only the server imports this registry (``fl_app.server_app``); a client never
+imports a strategy. ``strategy_class`` is where a run config's strategy is checked:
+its name, and whether it can honour the rest of the config (central DP, SecAgg+).
+
 Each is a subclass of ``BaseStrategy`` (itself a subclass of Flower's ``FedAvg``) in a
 file of its own that overrides only what its algorithm changes; where Flower ships
 the rule, the class mixes Flower's strategy in and only passes it its knobs.
@@ -7,6 +11,7 @@ the rule, the class mixes Flower's strategy in and only passes it its knobs.
 
 from __future__ import annotations
 
+from fl_app.config import ConfigError, RunConfig
 from strategies.base import BaseStrategy, ClientUpdate
 from strategies.centered_clipping import CenteredClipping
 from strategies.fedadagrad import FedAdagrad
@@ -36,6 +41,21 @@ STRATEGIES: dict[str, type[BaseStrategy]] = {
     "centered-clipping": CenteredClipping,
 }
 
+
+def strategy_class(config: RunConfig) -> type[BaseStrategy]:
+    """The strategy ``config`` names, once it has checked it can honour the config;
+    ConfigError naming the key otherwise."""
+    if config.strategy not in STRATEGIES:
+        raise ConfigError(
+            "strategy",
+            f"unknown value {config.strategy!r}; allowed: "
+            + ", ".join(map(repr, STRATEGIES)),
+        )
+    kind = STRATEGIES[config.strategy]
+    kind.check_config(config)
+    return kind
+
+
 __all__ = [
     "STRATEGIES",
     "BaseStrategy",
@@ -52,4 +72,5 @@ __all__ = [
     "MultiKrum",
     "Scaffold",
     "TrimmedMean",
+    "strategy_class",
 ]

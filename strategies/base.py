@@ -56,14 +56,15 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg as FlowerFedAvg
 
+from fl_app import keys
 from fl_app import results as outputs
 from fl_app.attacks import attacking_partitions
 from fl_app.checkpoint import CHECKPOINT_FILE, save_checkpoint
-from fl_app.client_state import EXPERIMENT
 from fl_app.config import ConfigError, RunConfig
 from fl_app.data import load_split
+from fl_app.files import write_json
 from fl_app.model import build_model, get_weights, set_weights
-from fl_app.privacy import DP_CLIP, PrivacyLedger, privatize
+from fl_app.privacy import PrivacyLedger, privatize
 from fl_app.training import evaluate
 from strategies.sampling import (
     EVALUATE_DRAW,
@@ -151,6 +152,7 @@ class BaseStrategy(SeededSampling, FlowerFedAvg):
     def __init__(
         self, config: RunConfig, run_dir: Path | None = None, **flower_kwargs: Any
     ) -> None:
+        type(self).check_config(config)
         self.config = config
         self.run_dir = run_dir
         self.model = build_model(config.model, seed=config.seed)
@@ -163,7 +165,9 @@ class BaseStrategy(SeededSampling, FlowerFedAvg):
             min_available_clients=config.min_available_clients,
             initial_parameters=ndarrays_to_parameters(self.global_weights),
             on_fit_config_fn=self.fit_config,
-            on_evaluate_config_fn=lambda server_round: {"server-round": server_round},
+            on_evaluate_config_fn=lambda server_round: {
+                keys.SERVER_ROUND: server_round
+            },
             accept_failures=True,
             fit_metrics_aggregation_fn=weighted_metrics,
             evaluate_metrics_aggregation_fn=weighted_metrics,
@@ -178,7 +182,7 @@ class BaseStrategy(SeededSampling, FlowerFedAvg):
         self._round = _new_record(0)
         self._started = self._round_started = self._plotted = time.monotonic()
         if run_dir is not None:
-            outputs.write_json(run_dir / outputs.CONFIG_FILE, asdict(config))
+            write_json(run_dir / outputs.CONFIG_FILE, asdict(config))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(C={self.fraction_fit}, seed={self.config.seed})"
@@ -254,16 +258,18 @@ class BaseStrategy(SeededSampling, FlowerFedAvg):
     def fit_config(self, server_round: int) -> dict[str, Scalar]:
         """The instructions sent with the weights; override to change local training."""
         return {
-            "server-round": server_round,
-            "learning-rate": self.config.learning_rate,
-            "local-epochs": self.config.local_epochs,
-            "batch-size": self.config.batch_size,
-            "seed": self.config.seed,
+            keys.SERVER_ROUND: server_round,
+            keys.LEARNING_RATE: self.config.learning_rate,
+            keys.LOCAL_EPOCHS: self.config.local_epochs,
+            keys.BATCH_SIZE: self.config.batch_size,
+            keys.SEED: self.config.seed,
             # Where clients keep state that outlives the run (fl_app.client_state).
-            **({EXPERIMENT: self.run_dir.name} if self.run_dir is not None else {}),
+            **(
+                {keys.EXPERIMENT: self.run_dir.name} if self.run_dir is not None else {}
+            ),
             # Central DP under SecAgg+: the server cannot clip what it cannot see.
             **(
-                {DP_CLIP: self.config.dp.clip_norm}
+                {keys.DP_CLIP: self.config.dp.clip_norm}
                 if self.config.dp.enabled and self.config.secagg.enabled
                 else {}
             ),
@@ -368,7 +374,7 @@ class BaseStrategy(SeededSampling, FlowerFedAvg):
             record.clients_failed = record.clients_sampled - len(results)
         record.clients_rejected = len(results) - len(updates)
         record.bytes_received = sum(parameters_nbytes(r.parameters) for _, r in results)
-        record.train_loss = float(metrics.get("train_loss", math.nan))
+        record.train_loss = float(metrics.get(keys.TRAIN_LOSS, math.nan))
         record.model_updated = new_weights is not None
         if self.privacy is not None:
             record.epsilon = self.privacy.epsilon()
@@ -536,7 +542,7 @@ class BaseStrategy(SeededSampling, FlowerFedAvg):
         if self.history and self.history[-1].round == server_round:
             # A resumed run: Flower evaluates its initial model, our last round.
             last = self.history[-1]
-            return last.test_loss, {"accuracy": last.test_accuracy}
+            return last.test_loss, {keys.ACCURACY: last.test_accuracy}
         if server_round > 0 and self.stop_reason is not None:
             return None
         self.global_weights = parameters_to_ndarrays(parameters)
@@ -559,7 +565,7 @@ class BaseStrategy(SeededSampling, FlowerFedAvg):
             log(INFO, "stopping: %s", self.stop_reason)
         self._save()
         self._log_progress(record)
-        return loss, {"accuracy": accuracy}
+        return loss, {keys.ACCURACY: accuracy}
 
     def aggregate_evaluate(
         self,
@@ -574,7 +580,7 @@ class BaseStrategy(SeededSampling, FlowerFedAvg):
         if loss is not None and self.history and self.history[-1].round == server_round:
             self.history[-1].federated_loss = loss
             self.history[-1].federated_accuracy = float(
-                metrics.get("accuracy", math.nan)
+                metrics.get(keys.ACCURACY, math.nan)
             )
             self._save(with_model=False)
         return loss, metrics
@@ -613,7 +619,7 @@ class BaseStrategy(SeededSampling, FlowerFedAvg):
             return
         last = self.history[-1]
         best = max(self.history, key=lambda r: r.test_accuracy)
-        outputs.write_json(
+        write_json(
             self.run_dir / outputs.SUMMARY_FILE,
             {
                 "strategy": self.config.strategy,

@@ -31,6 +31,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.criterion import Criterion
 
+from fl_app import keys
 from fl_app.config import RunConfig
 
 _Ins = TypeVar("_Ins", FitIns, EvaluateIns)
@@ -134,8 +135,8 @@ class SeededSampling:
             return ins
         config = {
             **ins.config,
-            "partition-id": self.partition_of(client),
-            "num-partitions": self._num_partitions,
+            keys.PARTITION_ID: self.partition_of(client),
+            keys.NUM_PARTITIONS: self._num_partitions,
         }
         return replace(ins, config=config)
 
@@ -156,8 +157,8 @@ class SeededSampling:
                 properties = res.properties
                 return (
                     client.cid,
-                    int(properties["partition-id"]),
-                    int(properties.get("num-partitions", 0)),
+                    int(properties[keys.PARTITION_ID]),
+                    int(properties.get(keys.NUM_PARTITIONS, 0)),
                 )
             except Exception as error:
                 log(

@@ -26,7 +26,7 @@ import numpy as np
 from flwr.common import NDArrays, Parameters, Scalar, ndarrays_to_parameters
 from flwr.common import parameters_to_ndarrays as to_ndarrays
 
-from fl_app.client_parts import SCAFFOLD
+from fl_app import keys
 from fl_app.config import RunConfig
 from strategies.base import BaseStrategy, ClientUpdate
 from strategies.validation import Layout
@@ -56,7 +56,7 @@ class Scaffold(BaseStrategy):
         self.control = [np.array(c, copy=True) for c in state["control"]]
 
     def fit_config(self, server_round: int) -> dict[str, Scalar]:
-        return {**super().fit_config(server_round), SCAFFOLD: True}
+        return {**super().fit_config(server_round), keys.SCAFFOLD: True}
 
     def fit_parameters(self, parameters: Parameters) -> Parameters:
         return ndarrays_to_parameters(to_ndarrays(parameters) + self.control)
@@ -73,7 +73,7 @@ class Scaffold(BaseStrategy):
             return None
         # Clients whose c_i came from their Context.state (trained here before).
         self._round.extra["scaffold_returning"] = sum(
-            int(u.metrics.get("scaffold_state_rounds", 0)) > 0 for u in updates
+            int(u.metrics.get(keys.SCAFFOLD_STATE_ROUNDS, 0)) > 0 for u in updates
         )
         eta_g = self.config.scaffold.server_learning_rate
         population = max(self._num_partitions, len(self._partition_of))

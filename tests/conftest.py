@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_app.runner import (
+from fl_app.launch.runner import (
     FlowerHome,
     ManagedProcess,
     free_port,

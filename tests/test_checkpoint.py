@@ -20,8 +20,9 @@ from fl_app.checkpoint import (
     CheckpointError,
     load_checkpoint,
 )
-from fl_app.client_state import EXPERIMENT, NodeStore
+from fl_app.client_state import NodeStore
 from fl_app.config import RunConfig
+from fl_app.keys import EXPERIMENT
 from fl_app.server_app import server_fn
 from strategies.base import BaseStrategy
 from tests.test_state import comparable, manager, play, same
@@ -209,7 +210,7 @@ def test_the_store_follows_the_message_and_the_node_config(tmp_path: Path) -> No
 
 
 def test_the_scripts_resume_option_checks_the_folder(tmp_path: Path) -> None:
-    from fl_app.runner import resume_from
+    from fl_app.launch.runner import resume_from
 
     with pytest.raises(FileNotFoundError, match=r"no checkpoint\.npz"):
         resume_from({"seed": 1}, tmp_path)

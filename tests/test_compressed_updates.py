@@ -13,10 +13,11 @@ from flwr.app import RecordDict
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 
 import strategies
-from fl_app.client import RESIDUAL, FlowerClient
+from fl_app.client import FlowerClient
 from fl_app.compression import CodecSpec, decode, encode
 from fl_app.config import CompressionConfig, ConfigError, RunConfig
 from fl_app.data import client_data
+from fl_app.keys import RESIDUAL
 from fl_app.model import build_model, get_weights
 from tests.test_validation import fit_res, honest_deltas, make_strategy, start_round
 

@@ -14,6 +14,7 @@ import pytest
 from flwr.common.config import flatten_dict
 
 from fl_app.config import GROUPS, ConfigError, RunConfig
+from strategies import strategy_class
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -133,7 +134,7 @@ def test_bad_value_raises_config_error_naming_the_key(
     app_config: dict[str, Any], key: str, value: Any
 ) -> None:
     with pytest.raises(ConfigError, match=f"'{key}'") as info:
-        RunConfig.from_flower({**app_config, key: value})
+        strategy_class(RunConfig.from_flower({**app_config, key: value}))
     assert info.value.key == key
 
 
@@ -243,9 +244,15 @@ def test_central_dp_is_refused_for_a_rule_that_does_not_average(
     app_config: dict[str, Any],
 ) -> None:
     with pytest.raises(ConfigError, match=r"'dp\.clip-norm'.*median") as info:
-        RunConfig.from_flower({**app_config, "strategy": "median", "dp.clip-norm": 1})
+        strategy_class(
+            RunConfig.from_flower(
+                {**app_config, "strategy": "median", "dp.clip-norm": 1}
+            )
+        )
     assert info.value.key == "dp.clip-norm"
-    RunConfig.from_flower({**app_config, "strategy": "fedadam", "dp.clip-norm": 1})
+    strategy_class(
+        RunConfig.from_flower({**app_config, "strategy": "fedadam", "dp.clip-norm": 1})
+    )
 
 
 def test_only_the_server_deals_more_partitions_than_nodes(

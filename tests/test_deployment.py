@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 import pytest
 
-from fl_app.federation import Certs, Federation, RunResult
+from fl_app.launch.federation import Certs, Federation, RunResult
 from fl_app.results import (
     HISTORY_CSV,
     HISTORY_JSON,

@@ -38,6 +38,7 @@ import strategies
 from fl_app import results as outputs
 from fl_app.config import ConfigError, DpConfig, RunConfig, ValidationConfig
 from fl_app.privacy import PrivacyLedger, clip, privatize
+from strategies import strategy_class
 from strategies.base import _DP_NOISE
 from tests.fakes import FakeNode
 
@@ -454,10 +455,10 @@ def test_dp_with_a_robust_strategy_is_refused(mnist_dir: Path, name: str) -> Non
         dataset="mnist", data_dir=str(mnist_dir), model="mlp", partition_source="node"
     )
     with pytest.raises(ConfigError, match=r"dp\.clip-norm") as caught:
-        base.replace(strategy=name, dp=dp_config())
+        strategy_class(base.replace(strategy=name, dp=dp_config()))
     assert caught.value.key == "dp.clip-norm"
-    base.replace(strategy=name)  # fine without DP
-    base.replace(strategy="fedavg", dp=dp_config())  # and DP fine with FedAvg
+    strategy_class(base.replace(strategy=name))  # fine without DP
+    strategy_class(base.replace(strategy="fedavg", dp=dp_config()))  # DP + FedAvg
 
 
 @pytest.mark.parametrize("delta", [0.0, 1.0, -1e-5, 1.5])

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fl_app.runner import process_family
+from fl_app.launch.runner import process_family
 from tests.synthetic import TEST_IMAGES, write_mnist_like
 
 REPO = Path(__file__).resolve().parent.parent

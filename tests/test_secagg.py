@@ -18,9 +18,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 import fl_app.client_app as client_app
 from fl_app.config import ConfigError, RunConfig, SecAggConfig, ValidationConfig
-from fl_app.privacy import DP_CLIP
+from fl_app.keys import DP_CLIP
 from fl_app.server_app import secure_workflow
-from strategies import STRATEGIES
+from strategies import STRATEGIES, strategy_class
 from tests.test_compressed_updates import FIT_CONFIG, client
 from tests.test_validation import fit_res, honest_deltas, make_strategy, start_round
 
@@ -38,12 +38,13 @@ def secagg_config(**changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("strategy", NEEDS_EACH_UPDATE)
 def test_rules_that_need_each_update_are_refused(strategy: str) -> None:
     with pytest.raises(ConfigError, match=r"secagg\.enabled.*SecAgg"):
-        RunConfig.from_flower(secagg_config(strategy=strategy))
+        strategy_class(RunConfig.from_flower(secagg_config(strategy=strategy)))
 
 
 @pytest.mark.parametrize("strategy", sorted(set(STRATEGIES) - set(NEEDS_EACH_UPDATE)))
 def test_averaging_strategies_accept_secagg(strategy: str) -> None:
-    assert RunConfig.from_flower(secagg_config(strategy=strategy)).secagg.enabled
+    config = RunConfig.from_flower(secagg_config(strategy=strategy))
+    assert strategy_class(config) is STRATEGIES[strategy]
 
 
 @pytest.mark.parametrize(
@@ -60,7 +61,7 @@ def test_what_secagg_cannot_honour_is_refused_naming_the_key(
     change: dict, key: str
 ) -> None:
     with pytest.raises(ConfigError, match=f"'{key}'"):
-        RunConfig.from_flower(secagg_config(**change))
+        strategy_class(RunConfig.from_flower(secagg_config(**change)))
 
 
 def test_the_strategy_takes_only_the_aggregate(mnist_dir: Path) -> None:

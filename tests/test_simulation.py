@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
-from fl_app.results import TIMING_FIELDS, read_history
-from fl_app.runner import (
+from fl_app.launch.runner import (
     FlowerHome,
     ManagedProcess,
     flwr_run,
     run_status,
     simulation_config,
 )
+from fl_app.results import TIMING_FIELDS, read_history
 from tests.inprocess import APP_DIR, quick_config, run_in_process
 
 pytestmark = pytest.mark.integration

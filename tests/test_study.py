@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from fl_app.config import RunConfig
-from fl_app.study import (
+from fl_app.studies.driver import (
     MARKER,
     Study,
     StudyError,

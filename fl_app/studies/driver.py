@@ -43,8 +43,8 @@ from typing import Any, TextIO
 from fl_app.checkpoint import CHECKPOINT_FILE
 from fl_app.config import DATASETS
 from fl_app.data import cache_dir
-from fl_app.results import read_history, write_atomically, write_json
-from fl_app.runner import (
+from fl_app.files import write_atomically, write_json
+from fl_app.launch.runner import (
     FlowerHome,
     flwr_run,
     free_port,
@@ -54,8 +54,9 @@ from fl_app.runner import (
     start_simulation_superlink,
     uninterruptible,
 )
+from fl_app.results import read_history
 
-APP_DIR = Path(__file__).resolve().parent.parent
+APP_DIR = Path(__file__).resolve().parents[2]
 RUNS = "runs"
 INCOMPLETE = ".incomplete"
 MARKER = "study-run.json"  # written last: its presence means the run finished

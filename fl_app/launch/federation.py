@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fl_app.runner import (
+from fl_app.launch.runner import (
     LOOPBACK,
     FlowerHome,
     ManagedProcess,
@@ -31,7 +31,7 @@ from fl_app.runner import (
     start_superlink,
 )
 
-APP_DIR = Path(__file__).resolve().parent.parent
+APP_DIR = Path(__file__).resolve().parents[2]
 CONNECTION = "local"  # name of the SuperLink connection in the private FLWR_HOME
 
 
