@@ -4,7 +4,7 @@ Flower's legacy server loop waits for each sampled client in its own thread, and
 thread's ``send_and_receive`` pulls its one reply on a fixed clock: every 3 s in a
 deployment (``HttpGrid``), so a round lasts up to 3 s longer than its slowest client,
 and every 0.1 s in the simulation (``InMemoryGrid``), 1,000 pulls a second when 100
-clients wait. ``PromptGrid`` keeps Flower's grid for everything else and answers
+clients wait. ``SharedPollerGrid`` keeps Flower's grid for everything else and answers
 ``send_and_receive`` from one poller thread that asks, in a single
 ``pull_messages``, for every reply still awaited: every 0.02 s in the simulation
 (an in-process lookup) and every 0.2 s in a deployment (one request to the
@@ -27,15 +27,17 @@ IN_MEMORY_INTERVAL_S = 0.02
 DEPLOYED_INTERVAL_S = 0.2
 
 
-def prompt(grid: Grid) -> Grid:
-    """``grid`` with replies collected by one prompt poller."""
-    if isinstance(grid, PromptGrid):
+def with_shared_poller(grid: Grid) -> Grid:
+    """``grid`` with replies collected by one shared poller."""
+    if isinstance(grid, SharedPollerGrid):
         return grid
     in_memory = isinstance(grid, InMemoryGrid)
-    return PromptGrid(grid, IN_MEMORY_INTERVAL_S if in_memory else DEPLOYED_INTERVAL_S)
+    return SharedPollerGrid(
+        grid, IN_MEMORY_INTERVAL_S if in_memory else DEPLOYED_INTERVAL_S
+    )
 
 
-class PromptGrid(Grid):
+class SharedPollerGrid(Grid):
     """Flower's grid whose ``send_and_receive`` shares one poller; the rest is
     delegated. Safe to call from many threads at once, as the legacy loop does."""
 

@@ -27,7 +27,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from fl_app.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from fl_app.config import RunConfig
-from fl_app.grid import prompt
+from fl_app.grid import with_shared_poller
 from fl_app.results import new_run_dir
 from strategies import strategy_class
 
@@ -82,7 +82,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     config = RunConfig.from_flower(context.run_config)
     parts = components(config, context.run_id)
-    grid = prompt(grid)  # replies collected as they arrive, not every 3 s
+    grid = with_shared_poller(grid)  # replies collected as they arrive, not every 3 s
     if not config.secagg.enabled:
         start_grid(grid=grid, strategy=parts.strategy, config=parts.config)
         return

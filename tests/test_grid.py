@@ -1,5 +1,5 @@
-"""PromptGrid: Flower's send_and_receive contract (push, wait until every reply is in
-or the timeout passes, return what came) served by one poller that asks for every
+"""SharedPollerGrid: Flower's send_and_receive contract (push, wait until every reply is
+in or the timeout passes, return what came) served by one poller that asks for every
 awaited reply in a single pull: replies are collected within one interval of their
 arrival (not Flower's fixed 3 s), and the pulls do not multiply with the number of
 waiting clients. Everything else reaches the wrapped grid."""
@@ -19,8 +19,8 @@ from flwr.superlink.grid import InMemoryGrid
 from fl_app.grid import (
     DEPLOYED_INTERVAL_S,
     IN_MEMORY_INTERVAL_S,
-    PromptGrid,
-    prompt,
+    SharedPollerGrid,
+    with_shared_poller,
 )
 
 INTERVAL = 0.05
@@ -78,7 +78,9 @@ def _replied(replies: Iterable[Any]) -> list[str]:
 def test_every_reply_is_returned_within_an_interval_of_its_arrival() -> None:
     fake = FakeGrid({"a": 0.0, "b": 0.3, "c": 0.8})
     started = time.monotonic()
-    replies = PromptGrid(fake, INTERVAL).send_and_receive(_messages("a", "b", "c"))
+    replies = SharedPollerGrid(fake, INTERVAL).send_and_receive(
+        _messages("a", "b", "c")
+    )
     took = time.monotonic() - started
     assert _replied(replies) == ["a", "b", "c"]
     assert 0.8 <= took <= 0.8 + INTERVAL + 0.25  # Flower's deployed grid: up to 3.8 s
@@ -91,7 +93,7 @@ def test_many_waiting_clients_share_one_pull_per_interval() -> None:
     """The legacy loop's threads, one per client: one poller serves them all."""
     delays = {f"m{i}": 0.1 + 0.01 * i for i in range(40)}
     fake = FakeGrid(delays)
-    grid = PromptGrid(fake, INTERVAL)
+    grid = SharedPollerGrid(fake, INTERVAL)
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=40) as pool:
         results = list(
@@ -107,7 +109,7 @@ def test_many_waiting_clients_share_one_pull_per_interval() -> None:
 def test_timeout_returns_what_arrived() -> None:
     fake = FakeGrid({"a": 0.0, "b": 60.0})
     started = time.monotonic()
-    replies = PromptGrid(fake, INTERVAL).send_and_receive(
+    replies = SharedPollerGrid(fake, INTERVAL).send_and_receive(
         _messages("a", "b"), timeout=0.7
     )
     took = time.monotonic() - started
@@ -117,7 +119,7 @@ def test_timeout_returns_what_arrived() -> None:
 
 def test_a_late_reply_is_not_kept_for_anyone() -> None:
     fake = FakeGrid({"late": 0.3, "next": 0.0})
-    grid = PromptGrid(fake, INTERVAL)
+    grid = SharedPollerGrid(fake, INTERVAL)
     assert list(grid.send_and_receive(_messages("late"), timeout=0.1)) == []
     time.sleep(0.4)
     assert _replied(grid.send_and_receive(_messages("next"))) == ["next"]
@@ -128,7 +130,9 @@ def test_zero_timeout_waits_for_nothing() -> None:
     fake = FakeGrid({"a": 0.0})
     started = time.monotonic()
     assert (
-        list(PromptGrid(fake, INTERVAL).send_and_receive(_messages("a"), timeout=0))
+        list(
+            SharedPollerGrid(fake, INTERVAL).send_and_receive(_messages("a"), timeout=0)
+        )
         == []
     )
     assert time.monotonic() - started < INTERVAL
@@ -136,7 +140,7 @@ def test_zero_timeout_waits_for_nothing() -> None:
 
 def test_a_failing_pull_reaches_every_waiter_and_the_next_call_retries() -> None:
     fake = FakeGrid({"a": 60.0, "b": 60.0, "c": 0.0}, fail_after=1)
-    grid = PromptGrid(fake, INTERVAL)
+    grid = SharedPollerGrid(fake, INTERVAL)
     with ThreadPoolExecutor(max_workers=2) as pool:
         waiting = [pool.submit(grid.send_and_receive, _messages(i)) for i in "ab"]
         for future in waiting:
@@ -148,7 +152,7 @@ def test_a_failing_pull_reaches_every_waiter_and_the_next_call_retries() -> None
 
 def test_everything_else_goes_to_the_wrapped_grid() -> None:
     fake = FakeGrid({})
-    grid = PromptGrid(fake, INTERVAL)
+    grid = SharedPollerGrid(fake, INTERVAL)
     assert list(grid.get_node_ids()) == [7, 8]
     assert grid.create_message("content", "train", 7, "1") == (
         "message",
@@ -164,20 +168,23 @@ def test_everything_else_goes_to_the_wrapped_grid() -> None:
 
 def test_each_grid_gets_its_interval() -> None:
     in_memory = InMemoryGrid.__new__(InMemoryGrid)
-    wrapped = prompt(in_memory)
-    assert isinstance(wrapped, PromptGrid)
+    wrapped = with_shared_poller(in_memory)
+    assert isinstance(wrapped, SharedPollerGrid)
     assert wrapped.inner is in_memory
     assert wrapped.interval == IN_MEMORY_INTERVAL_S
-    deployed = prompt(FakeGrid({}))  # type: ignore[arg-type]
-    assert isinstance(deployed, PromptGrid)
+    deployed = with_shared_poller(FakeGrid({}))  # type: ignore[arg-type]
+    assert isinstance(deployed, SharedPollerGrid)
     assert deployed.interval == DEPLOYED_INTERVAL_S
-    assert prompt(deployed) is deployed
+    assert with_shared_poller(deployed) is deployed
 
 
 @pytest.mark.parametrize("timeout", [None, 5.0])
 def test_nothing_to_wait_for_returns_at_once(timeout: float | None) -> None:
     fake = FakeGrid({})
     started = time.monotonic()
-    assert list(PromptGrid(fake, INTERVAL).send_and_receive([], timeout=timeout)) == []
+    assert (
+        list(SharedPollerGrid(fake, INTERVAL).send_and_receive([], timeout=timeout))
+        == []
+    )
     assert time.monotonic() - started < 0.05
     assert fake.pulls == []
