@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extra=""
-[[ "${1:-}" == "--test" ]] && extra="[test]"
+# The app and its tooling (scripts, studies); `--test` adds the test tools.
+extra="[tools]"
+[[ "${1:-}" == "--test" ]] && extra="[tools,test]"
 
 if [[ ! -d /usr/share/datasets/fashion-mnist ]]; then
   if command -v apt-get >/dev/null; then

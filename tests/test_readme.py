@@ -62,36 +62,46 @@ def test_every_algorithm_knob_is_shown_with_its_default() -> None:
             assert f"`{key}` = {value}" in README, key
 
 
-def test_client_side_example_trains_with_its_penalty(mnist_dir: Path) -> None:
-    (example,) = [block for block in python_blocks() if "class WeightDecay" in block]
+def test_client_side_example_trains_with_its_penalty(
+    mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's two blocks: the part as an edit of fl_app/client_parts.py (run
+    in that module's namespace, its registry then in place of the module's), and the
+    strategy that asks for it."""
+    (part_block,) = [block for block in python_blocks() if "class WeightDecay" in block]
+    (strategy_block,) = [
+        block for block in python_blocks() if "class FedAvgWeightDecay" in block
+    ]
+    edited = dict(vars(client_parts))
+    exec(compile(part_block, "README.md", "exec"), edited)
+    assert set(edited["CLIENT_PARTS"]) == {*client_parts.CLIENT_PARTS, "weight_decay"}
+    monkeypatch.setattr(client_parts, "CLIENT_PARTS", edited["CLIENT_PARTS"])
     namespace: dict = {"__name__": "readme_example"}
-    try:
-        exec(compile(example, "README.md", "exec"), namespace)
-        config = RunConfig(dataset="mnist", data_dir=str(mnist_dir), model="mlp")
-        strategy = namespace["FedAvgWeightDecay"](config)
-        fit_config = strategy.fit_config(1)
-        assert fit_config["weight_decay"] == pytest.approx(1e-4)
+    exec(compile(strategy_block, "README.md", "exec"), namespace)
 
-        train, val = client_data(
-            "mnist", str(mnist_dir), "iid", 0, 4, alpha=0.5, val_fraction=0.1, seed=1
-        )
-        weights = get_weights(build_model("mlp", seed=3))
+    config = RunConfig(dataset="mnist", data_dir=str(mnist_dir), model="mlp")
+    strategy = namespace["FedAvgWeightDecay"](config)
+    fit_config = strategy.fit_config(1)
+    assert fit_config["weight_decay"] == pytest.approx(1e-4)
 
-        def update(config: dict) -> list[np.ndarray]:
-            client = FlowerClient(build_model("mlp"), train, val, 0)
-            return client.fit(weights, config)[0]
+    train, val = client_data(
+        "mnist", str(mnist_dir), "iid", 0, 4, alpha=0.5, val_fraction=0.1, seed=1
+    )
+    weights = get_weights(build_model("mlp", seed=3))
 
-        plain = update({**fit_config, "weight_decay": 0.0})
-        decayed = update({**fit_config, "weight_decay": 10.0})
+    def update(config: dict) -> list[np.ndarray]:
+        client = FlowerClient(build_model("mlp"), train, val, 0)
+        return client.fit(weights, config)[0]
 
-        # Weight decay pulls every weight toward 0: the trained weights shrink.
-        def norm(delta: list[np.ndarray]) -> float:
-            pairs = zip(weights, delta, strict=True)
-            return sum(float(np.sum((w + d) ** 2)) for w, d in pairs)
+    plain = update({**fit_config, "weight_decay": 0.0})
+    decayed = update({**fit_config, "weight_decay": 10.0})
 
-        assert norm(decayed) < norm(plain)
-    finally:
-        client_parts.CLIENT_PARTS.pop("weight_decay", None)
+    # Weight decay pulls every weight toward 0: the trained weights shrink.
+    def norm(delta: list[np.ndarray]) -> float:
+        pairs = zip(weights, delta, strict=True)
+        return sum(float(np.sum((w + d) ** 2)) for w, d in pairs)
+
+    assert norm(decayed) < norm(plain)
 
 
 def test_ci_runs_the_readme_test_command() -> None:
