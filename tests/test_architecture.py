@@ -157,6 +157,7 @@ before = set(sys.modules)
 
 from fl_app.client_app import app
 
+loaded = sorted(set(sys.modules) - before)
 ins = FitIns(
     ndarrays_to_parameters(weights),
     {"server-round": 1, "learning-rate": 0.05, "local-epochs": 1, "batch-size": 10,
@@ -170,12 +171,13 @@ context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(),
 reply = app(message, context)
 assert reply.has_content(), reply.error
 new = sorted(set(sys.modules) - before)
-print(json.dumps(new))
+print(json.dumps({"load": loaded, "fit": new}))
 """
 
 
-def _fit_in_a_fresh_interpreter(tmp_path: Path) -> list[str]:
-    """The modules one fit message imported, beyond Flower's message types."""
+def _fit_in_a_fresh_interpreter(tmp_path: Path) -> dict[str, list[str]]:
+    """The modules that loading the ClientApp (``load``) and handling one fit
+    message (``fit``) imported, beyond NumPy and Flower's message types."""
     result = subprocess.run(
         [
             sys.executable,
@@ -212,9 +214,13 @@ def test_a_fit_message_imports_what_the_client_needs(
     config = RunConfig(dataset="mnist", data_dir=str(mnist_dir), strategy="fedprox")
     (tmp_path / "run_config.json").write_text(json.dumps(config.to_flower()))
     first = _fit_in_a_fresh_interpreter(tmp_path)
-    steady = _fit_in_a_fresh_interpreter(tmp_path)
+    second = _fit_in_a_fresh_interpreter(tmp_path)
+    steady = second["fit"]
 
-    for imported in (first, steady):
+    # Flower loads the ClientApp to check the app before any message: no torch yet.
+    assert "torch" not in {name.partition(".")[0] for name in second["load"]}
+
+    for imported in (first["fit"], steady):
         packages = {name.partition(".")[0] for name in imported}
         ours = {name for name in imported if name.startswith("fl_app")}
         assert "torch" in packages  # training needs it
