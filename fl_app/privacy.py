@@ -19,18 +19,26 @@ round, so the matching model is dp-accounting's ``SampledWithoutReplacementDpEve
 under the replace-one relation (Wang, Balle & Kasiviswanathan 2019). Replacing one
 client moves the clipped sum by up to ``2 S``, so the Gaussian event's noise
 multiplier (noise std over sensitivity) is ``z / 2``.
+
+``CentralDp`` is what a strategy holds: the round's noise, seeded by
+``(dp.noise-seed, round)``, the ledger, and the budget check before a round starts.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from flwr.common import NDArrays
 
-from fl_app.config import DpConfig
+from fl_app.config import ConfigError, DpConfig, RunConfig
 from fl_app.model import update_norm
+
+#: Salt of the seeded DP noise, beside the client draws' (``strategies.sampling``).
+NOISE_SALT = 2
 
 
 def clip(update: NDArrays, clip_norm: float) -> NDArrays:
@@ -54,6 +62,16 @@ def privatize(
         ]
         for update in updates
     ]
+
+
+def check_central_dp(config: RunConfig, conflict: str | None) -> None:
+    """Refuse central DP around a strategy that does not average (``conflict`` says
+    why it cannot be wrapped): the accountant's epsilon assumes noise on a mean."""
+    if conflict is not None:
+        raise ConfigError(
+            "dp.clip-norm",
+            f"central DP cannot wrap strategy {config.strategy!r}: {conflict}",
+        )
 
 
 class PrivacyLedger:
@@ -99,3 +117,66 @@ class PrivacyLedger:
 
     def load_state_dict(self, state: dict[str, list[list[int]]]) -> None:
         self.rounds = Counter({(k, m): n for k, m, n in state["rounds"]})
+
+
+class Update(Protocol):
+    """What ``CentralDp.privatize`` changes in a client's update (the strategy's
+    ``ClientUpdate``)."""
+
+    delta: NDArrays
+    num_examples: int
+
+
+class CentralDp:
+    """Central DP as a strategy uses it: noise, ledger and budget in one place."""
+
+    def __init__(self, config: DpConfig) -> None:
+        self.config = config
+        self.ledger = PrivacyLedger(config)
+
+    def privatize(self, server_round: int, updates: Sequence[Update]) -> None:
+        """Clip and noise the round's updates in place, and weight them uniformly
+        (one client, one vote: ``n_k`` would scale one client's influence).
+
+        The noise is drawn from ``(dp.noise-seed, round)`` when the seed is set, so
+        a study can repeat it; from OS entropy otherwise.
+        """
+        seed = self.config.noise_seed
+        rng = np.random.default_rng(
+            None if seed < 0 else [seed, server_round, NOISE_SALT]
+        )
+        noised = privatize([u.delta for u in updates], self.config, rng)
+        for update, delta in zip(updates, noised, strict=True):
+            update.delta = delta
+            update.num_examples = 1
+
+    def overspend(self, server_round: int, population: int, sample: int) -> str | None:
+        """Why round ``server_round`` (``sample`` clients of ``population``) must not
+        run, because it would overspend ``dp.max-epsilon``; None if it may."""
+        budget = self.config.max_epsilon
+        if budget <= 0 or sample == 0:
+            return None
+        after = self.ledger.epsilon((population, sample))
+        if after <= budget:
+            return None
+        return (
+            f"privacy budget: round {server_round} would bring epsilon to "
+            f"{after:.3f} > dp.max-epsilon = {budget:g} (delta = "
+            f"{self.config.delta:g}); the model of round {server_round - 1} "
+            "is final"
+        )
+
+    def record(self, population: int, sample: int) -> None:
+        """One private release: ``sample`` clients of ``population`` were aggregated."""
+        self.ledger.record(population, sample)
+
+    def epsilon(self) -> float:
+        """Epsilon spent so far, at ``dp.delta``."""
+        return self.ledger.epsilon()
+
+    def state_dict(self) -> dict[str, list[list[int]]]:
+        """The ledger's state (the checkpoint's ``privacy`` entry)."""
+        return self.ledger.state_dict()
+
+    def load_state_dict(self, state: dict[str, list[list[int]]]) -> None:
+        self.ledger.load_state_dict(state)

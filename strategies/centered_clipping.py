@@ -42,9 +42,11 @@ class CenteredClipping(BaseStrategy):
     momentum: NDArrays | None = None  # v, the last aggregate update
 
     def state_dict(self) -> dict[str, Any]:
+        """The base's state plus v, the next round's clipping centre."""
         return {**super().state_dict(), "momentum": self.momentum}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue clipping around the saved centre."""
         super().load_state_dict(state)
         momentum = state["momentum"]
         self.momentum = None if momentum is None else [np.array(v) for v in momentum]
@@ -52,6 +54,8 @@ class CenteredClipping(BaseStrategy):
     def aggregate(
         self, server_round: int, updates: list[ClientUpdate]
     ) -> NDArrays | None:
+        """L clipping iterations around v (see the module); Flower has no such rule,
+        so this replaces the inherited one."""
         tau = self.config.centered_clipping.tau
         centre = self.momentum or [np.zeros_like(w) for w in self.global_weights]
         for _ in range(self.config.centered_clipping.iterations):

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from flwr.server.strategy import FedAdagrad as FlowerFedAdagrad
 
-from strategies.fedopt import ServerOptimizer
+from strategies.fedopt import FedOpt
 
 
-class FedAdagrad(ServerOptimizer, FlowerFedAdagrad):
+class FedAdagrad(FedOpt, FlowerFedAdagrad):
     """Adagrad on the server, over FedAvg's average update (``fedopt.eta``, ``tau``)."""

@@ -19,10 +19,10 @@ from pathlib import Path
 from flwr.server.strategy import FedAdam as FlowerFedAdam
 
 from fl_app.config import RunConfig
-from strategies.fedopt import ServerOptimizer
+from strategies.fedopt import FedOpt
 
 
-class FedAdam(ServerOptimizer, FlowerFedAdam):
+class FedAdam(FedOpt, FlowerFedAdam):
     """Adam on the server, over FedAvg's average update (``fedopt.*``)."""
 
     def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:

@@ -39,10 +39,13 @@ class FedAvgM(BaseStrategy, FlowerFedAvgM):
     def aggregate(
         self, server_round: int, updates: list[ClientUpdate]
     ) -> NDArrays | None:
+        """Flower's rule, told it is round 1 until v exists (see the module)."""
         first = self.momentum_vector is None  # Flower's test is server_round == 1
         return super().aggregate(1 if first else server_round, updates)
 
     def state_dict(self) -> dict[str, Any]:
+        """The base's state plus the server's weights and v, so a resume goes on
+        with the same momentum."""
         # Flower keeps the server's weights in ``initial_parameters``.
         return {
             **super().state_dict(),
@@ -51,6 +54,7 @@ class FedAvgM(BaseStrategy, FlowerFedAvgM):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue with the saved server weights and momentum."""
         super().load_state_dict(state)
         self.initial_parameters = ndarrays_to_parameters(state["server_weights"])
         momentum = state["momentum"]

@@ -17,10 +17,10 @@ from pathlib import Path
 from flwr.server.strategy import FedYogi as FlowerFedYogi
 
 from fl_app.config import RunConfig
-from strategies.fedopt import ServerOptimizer
+from strategies.fedopt import FedOpt
 
 
-class FedYogi(ServerOptimizer, FlowerFedYogi):
+class FedYogi(FedOpt, FlowerFedYogi):
     """Yogi on the server, over FedAvg's average update (``fedopt.*``)."""
 
     def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:

@@ -20,6 +20,7 @@ class MultiKrum(Krum):
     def aggregate(
         self, server_round: int, updates: list[ClientUpdate]
     ) -> NDArrays | None:
+        """Krum's rule with m set from this round's valid replies, n - f."""
         fixed = self.config.krum.num_to_keep
         self.num_clients_to_keep = fixed or max(
             1, len(updates) - self.config.krum.num_malicious

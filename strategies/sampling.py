@@ -12,8 +12,9 @@ node serves which partition (``partition-source``):
 * ``node`` (deployment): each node holds its own partition (``--node-config``) and
   is asked once which.
 
-``BaseStrategy`` mixes ``SeededSampling`` in and hands Flower's ``configure_fit`` a
-``SeededDraw``: the real client manager, except that ``sample`` is this draw.
+``BaseStrategy`` holds a ``ClientSampler`` (``strategy.sampler``) and hands Flower's
+``configure_fit`` its ``draw``, a ``SeededDraw``: the real client manager, except
+that ``sample`` is this draw.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from logging import WARNING
 from typing import TypeVar
 
 import numpy as np
-from flwr.common import EvaluateIns, FitIns, GetPropertiesIns, log
+from flwr.common import EvaluateIns, FitIns, GetPropertiesIns, Scalar, log
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.criterion import Criterion
@@ -44,24 +45,44 @@ class NotEnoughClientsError(RuntimeError):
     """Fewer clients connected than the run needs, within the configured wait."""
 
 
-class SeededSampling:
-    """The sampling half of ``BaseStrategy`` (it needs ``config`` and Flower's
-    ``min_available_clients``)."""
+class ClientSampler:
+    """Who a round's clients are: the population, the seeded draw over it, and which
+    node serves which partition (``partition_of``)."""
 
-    config: RunConfig
-    min_available_clients: int
-
-    def init_sampling(self) -> None:
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
         self._partition_of: dict[str, int] = {}  # node -> partition it serves
         self._nodes: list[ClientProxy] = []  # who can be sampled, in partition order
         self._num_partitions = 0
-        self._population = 0  # clients the current round was drawn from
+        self._drawn_from = 0  # clients the current round was drawn from
+
+    @property
+    def num_partitions(self) -> int:
+        """K as the clients are told it: ``num-partitions`` (or one per node) when
+        the server deals, else the largest the nodes reported."""
+        return self._num_partitions
+
+    @property
+    def drawn_from(self) -> int:
+        """K of the last fit draw: the DP accountant's population for ``m`` of K."""
+        return self._drawn_from
+
+    @property
+    def total_clients(self) -> int:
+        """N, every client that may take part: the partitions, or the nodes that
+        reported theirs if more (SCAFFOLD averages its control variate over N)."""
+        return max(self._num_partitions, len(self._partition_of))
+
+    def draw(self, manager: ClientManager, server_round: int, salt: int) -> SeededDraw:
+        """The client manager Flower's ``configure_fit``/``configure_evaluate`` is
+        handed for this round: ``manager`` with this sampler's draw."""
+        return SeededDraw(self, manager, server_round, salt)
 
     def population(self, client_manager: ClientManager, server_round: int) -> int:
         """K, the clients a round is drawn from: ``num-partitions`` (or one per
         connected node) when the server deals partitions, else the connected nodes
         that told us their partition."""
-        needed = self.min_available_clients
+        needed = self.config.min_available_clients
         timeout = self.config.min_available_timeout
         # Flower's start_grid refreshes the node list inside num_available/all/
         # sample, and otherwise only every 5 s: asking first spares round 1 that
@@ -85,19 +106,46 @@ class SeededSampling:
         self._nodes = sorted(known, key=lambda client: self._partition_of[client.cid])
         return len(self._nodes)
 
-    def sample_clients(
+    def sample(
         self, population: int, server_round: int, num_clients: int, salt: int
     ) -> list[ClientProxy]:
         """Choose clients reproducibly: a draw from ``(seed, round)`` over the
         population, in partition order, then the nodes that will serve them."""
         if salt == FIT_DRAW:
-            self._population = population  # K of the DP accountant's m of K
+            self._drawn_from = population
         rng = np.random.default_rng([self.config.seed, server_round, salt])
         size = min(num_clients, population)
         chosen = np.sort(rng.choice(population, size=size, replace=False))
         if self.config.partition_source == "server":
             return self._deal(chosen.tolist(), server_round)
         return [self._nodes[i] for i in chosen]
+
+    def partition_of(self, client: ClientProxy) -> int:
+        """The partition ``client`` serves this round; -1 if none."""
+        return self._partition_of.get(client.cid, -1)
+
+    def assign(self, cid: str, partition: int) -> None:
+        """Node ``cid`` serves ``partition`` (dealt, or as the node reported)."""
+        self._partition_of[cid] = partition
+
+    def addressed(
+        self, instructions: list[tuple[ClientProxy, _Ins]]
+    ) -> list[tuple[ClientProxy, _Ins]]:
+        """The instructions, each naming its client's partition when the server
+        deals them (Flower shares one ``FitIns`` between all clients)."""
+        if self.config.partition_source != "server":
+            return instructions
+        return [
+            (client, replace(ins, config={**ins.config, **self._address(client)}))
+            for client, ins in instructions
+        ]
+
+    def _address(self, client: ClientProxy) -> dict[str, Scalar]:
+        """What names a client's partition in its instructions."""
+        return {
+            keys.PARTITION_ID: self.partition_of(client),
+            keys.NUM_PARTITIONS: self._num_partitions,
+        }
 
     def _deal(self, partitions: list[int], server_round: int) -> list[ClientProxy]:
         """Partition p to node ``p mod N`` (by node id), or the next one free.
@@ -124,21 +172,9 @@ class SeededSampling:
             while index in taken:
                 index = (index + 1) % len(nodes)
             taken.add(index)
-            self._partition_of[nodes[index].cid] = partition
+            self.assign(nodes[index].cid, partition)
             dealt.append(nodes[index])
         return dealt
-
-    def _addressed(self, client: ClientProxy, ins: _Ins) -> _Ins:
-        """The instructions for one client, naming its partition when the server
-        deals them (Flower shares one ``FitIns`` between all clients)."""
-        if self.config.partition_source != "server":
-            return ins
-        config = {
-            **ins.config,
-            keys.PARTITION_ID: self.partition_of(client),
-            keys.NUM_PARTITIONS: self._num_partitions,
-        }
-        return replace(ins, config=config)
 
     def _learn_partitions(
         self, available: dict[str, ClientProxy], server_round: int
@@ -172,25 +208,22 @@ class SeededSampling:
         with ThreadPoolExecutor(max_workers=min(32, len(new))) as pool:
             for cid, partition, num_partitions in pool.map(ask, new):
                 if partition is not None:
-                    self._partition_of[cid] = partition
+                    self.assign(cid, partition)
                     self._num_partitions = max(self._num_partitions, num_partitions)
-
-    def partition_of(self, client: ClientProxy) -> int:
-        return self._partition_of.get(client.cid, -1)
 
 
 class SeededDraw(ClientManager):
     """The client manager as Flower's ``configure_fit`` sees it: the real one, except
-    that ``sample`` is the strategy's seeded draw for this round."""
+    that ``sample`` is the sampler's seeded draw for this round."""
 
     def __init__(
         self,
-        strategy: SeededSampling,
+        sampler: ClientSampler,
         manager: ClientManager,
         server_round: int,
         salt: int,
     ) -> None:
-        self.strategy = strategy
+        self.sampler = sampler
         self.manager = manager
         self.server_round = server_round
         self.salt = salt
@@ -198,7 +231,7 @@ class SeededDraw(ClientManager):
     @cached_property
     def population(self) -> int:
         """Looked up once: Flower asks ``num_available`` and then ``sample``."""
-        return self.strategy.population(self.manager, self.server_round)
+        return self.sampler.population(self.manager, self.server_round)
 
     def num_available(self) -> int:
         return self.population
@@ -209,7 +242,7 @@ class SeededDraw(ClientManager):
         min_num_clients: int | None = None,
         criterion: Criterion | None = None,
     ) -> list[ClientProxy]:
-        return self.strategy.sample_clients(
+        return self.sampler.sample(
             self.population, self.server_round, num_clients, self.salt
         )
 

@@ -49,34 +49,41 @@ class Scaffold(BaseStrategy):
         self.control = [np.zeros_like(w) for w in self.global_weights]
 
     def state_dict(self) -> dict[str, Any]:
+        """The base's state plus c: a resumed run must go on correcting with it."""
         return {**super().state_dict(), "control": self.control}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue with the saved c (an own copy: it is updated in place)."""
         super().load_state_dict(state)
         self.control = [np.array(c, copy=True) for c in state["control"]]
 
     def fit_config(self, server_round: int) -> dict[str, Scalar]:
+        """Switch the clients' SCAFFOLD part on (``fl_app.client_parts``)."""
         return {**super().fit_config(server_round), keys.SCAFFOLD: True}
 
     def fit_parameters(self, parameters: Parameters) -> Parameters:
+        """The weights, then c: each client corrects its steps with c - c_i."""
         return ndarrays_to_parameters(to_ndarrays(parameters) + self.control)
 
     def expected_layout(self) -> Layout:
+        """The update, then Δc_i of the same layout, so validation checks both."""
         model = super().expected_layout()
         return model + model
 
     def aggregate(
         self, server_round: int, updates: list[ClientUpdate]
     ) -> NDArrays | None:
+        """FedAvg's average step scaled by eta_g; c moved by Σ Δc_i / N, N the
+        clients that may take part (the paper's 1/N, not 1/|S|)."""
         average = super().aggregate(server_round, updates)
         if average is None:
             return None
         # Clients whose c_i came from their Context.state (trained here before).
-        self._round.extra["scaffold_returning"] = sum(
+        self.round_record.extra["scaffold_returning"] = sum(
             int(u.metrics.get(keys.SCAFFOLD_STATE_ROUNDS, 0)) > 0 for u in updates
         )
         eta_g = self.config.scaffold.server_learning_rate
-        population = max(self._num_partitions, len(self._partition_of))
+        population = self.sampler.total_clients
         for index in range(len(self.control)):
             total = np.sum([u.extras[index] for u in updates], axis=0)
             self.control[index] = self.control[index] + total / population

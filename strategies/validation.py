@@ -4,22 +4,29 @@ A reply is decoded and checked against what the round sent: the array count, eac
 array's shape and dtype, finiteness, a sane example count and (optionally) a bound on
 the update's norm. A bad reply is rejected with one reason, logged and counted in its
 own history column; it never reaches an aggregation rule, so no client's bytes can
-make the global model non-finite or end the run.
+make the global model non-finite or end the run. What passes becomes a
+``ClientUpdate``, what an aggregation rule gets.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from logging import WARNING
 
 import numpy as np
 from flwr.common import (
     FitRes,
     NDArrays,
+    Scalar,
+    log,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
+from flwr.server.client_proxy import ClientProxy
 
 from fl_app.compression import CodecSpec, PayloadError, decode, payload_length
+from fl_app.config import RunConfig
 from fl_app.model import update_norm
 
 # One history column each: rejected_<reason>.
@@ -33,6 +40,18 @@ REASONS = (
     "num_examples",
     "norm",
 )
+
+
+@dataclass
+class ClientUpdate:
+    """One valid reply: the model update, what the algorithm sent after it, n_k."""
+
+    client: ClientProxy
+    partition: int
+    num_examples: int
+    delta: NDArrays
+    extras: NDArrays
+    metrics: dict[str, Scalar]
 
 
 @dataclass(frozen=True)
@@ -130,3 +149,74 @@ def decoded(res: FitRes, spec: CodecSpec, model: Layout) -> FitRes:
         raise Rejected("codec", f"{spec.scheme}: {error}") from None
     parameters = ndarrays_to_parameters(update + arrays[length:])
     return FitRes(res.status, parameters, res.num_examples, res.metrics)
+
+
+def valid_updates(
+    server_round: int,
+    results: list[tuple[ClientProxy, FitRes]],
+    config: RunConfig,
+    *,
+    layout: Layout,
+    model: Layout,
+    partition_of: Callable[[ClientProxy], int],
+    rejected: dict[str, int],
+) -> list[ClientUpdate]:
+    """The replies that decode (when clients compress) and pass ``checked_arrays``
+    against ``layout`` (the ``model`` update, then an algorithm's extras), in order.
+
+    Each rejection is logged and counted in ``rejected`` (the round's row) by reason,
+    so a bad client shows in the history instead of ending the run.
+    """
+    num_model = len(model.shapes)
+    bounds = config.validation
+    codec = config.compression.spec() if config.compression.enabled else None
+    updates = []
+    for client, res in results:
+        try:
+            if codec is not None:
+                res = decoded(res, codec, model)
+            arrays = checked_arrays(
+                res,
+                layout,
+                num_update_arrays=num_model,
+                max_num_examples=bounds.max_num_examples,
+                max_update_norm=bounds.max_update_norm,
+            )
+        except Rejected as rejection:
+            log(
+                WARNING,
+                "round %s: rejected the reply of node %s (partition %s): %s",
+                server_round,
+                client.cid,
+                partition_of(client),
+                rejection,
+            )
+            rejected[rejection.reason] += 1
+            continue
+        updates.append(
+            ClientUpdate(
+                client=client,
+                partition=partition_of(client),
+                num_examples=res.num_examples,
+                delta=arrays[:num_model],
+                extras=arrays[num_model:],
+                metrics=res.metrics,
+            )
+        )
+    return updates
+
+
+def checked_aggregate(
+    server_round: int, new_weights: NDArrays, global_weights: NDArrays
+) -> NDArrays | None:
+    """A rule's result in the model's dtypes, or None (logged) if not finite: a
+    rule's arithmetic may promote (Flower's FedAdam returns float64), and the model
+    keeps its dtypes, and what crosses the wire its size."""
+    new_weights = [
+        w.astype(g.dtype, copy=False)
+        for w, g in zip(new_weights, global_weights, strict=True)
+    ]
+    if not all(np.isfinite(w).all() for w in new_weights):
+        log(WARNING, "round %s: the aggregate is not finite", server_round)
+        return None
+    return new_weights

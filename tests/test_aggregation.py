@@ -27,7 +27,7 @@ from flwr.server.strategy import FedAvg as FlowerFedAvg
 import strategies
 from fl_app.config import RunConfig
 from fl_app.model import get_weights
-from strategies.base import weighted_metrics
+from strategies.metrics import weighted_metrics
 from tests.fakes import FakeNode
 
 SIZES = [10, 200, 3000, 50]
@@ -144,7 +144,7 @@ def test_order_of_replies_does_not_change_a_bit(
 ) -> None:
     results, client_weights = make_results(strategy, [10, 200, 3000, 50, 777], seed=4)
     for k, (proxy, _) in enumerate(results):
-        strategy._partition_of[proxy.cid] = k
+        strategy.sampler.assign(proxy.cid, k)
 
     rng = np.random.default_rng(0)
     orders = [

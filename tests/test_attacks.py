@@ -18,7 +18,7 @@ from flwr.server.client_manager import SimpleClientManager
 
 import strategies
 from fl_app.attacks import attacking_partitions, flip_labels
-from fl_app.client import FlowerClient
+from fl_app.client import PartitionClient
 from fl_app.client_app import client_fn
 from fl_app.config import AttackConfig, RunConfig
 from fl_app.data import Split, client_data
@@ -56,7 +56,7 @@ def global_weights() -> NDArrays:
 
 
 def fit(data: tuple[Split, Split], weights: NDArrays, attack: AttackConfig | None):
-    client = FlowerClient(build_model("mlp"), *data, 1, attack=attack)
+    client = PartitionClient(build_model("mlp"), *data, 1, attack=attack)
     update, _, _ = client.fit(weights, dict(FIT_CONFIG))
     return update
 
@@ -150,8 +150,8 @@ def test_server_counts_the_sampled_attackers(mnist_dir: Path) -> None:
     counts = []
     for server_round in (1, 2, 3):
         chosen = strategy.configure_fit(server_round, parameters, manager)
-        sampled = {strategy.partition_of(client) for client, _ in chosen}
-        assert strategy._round.attackers_sampled == len(sampled & attackers)
+        sampled = {strategy.sampler.partition_of(client) for client, _ in chosen}
+        assert strategy.round_record.attackers_sampled == len(sampled & attackers)
         assert all("attack" not in str(ins.config) for _, ins in chosen)
-        counts.append(strategy._round.attackers_sampled)
+        counts.append(strategy.round_record.attackers_sampled)
     assert any(counts)

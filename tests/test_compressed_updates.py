@@ -13,7 +13,7 @@ from flwr.app import RecordDict
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 
 import strategies
-from fl_app.client import FlowerClient
+from fl_app.client import PartitionClient
 from fl_app.compression import CodecSpec, decode, encode
 from fl_app.config import CompressionConfig, ConfigError, RunConfig
 from fl_app.data import client_data
@@ -30,11 +30,11 @@ FIT_CONFIG = {
 }
 
 
-def client(mnist_dir: Path, codec: CodecSpec | None) -> FlowerClient:
+def client(mnist_dir: Path, codec: CodecSpec | None) -> PartitionClient:
     train, val = client_data(
         "mnist", str(mnist_dir), "iid", 0, 4, alpha=0.5, val_fraction=0.1, seed=1
     )
-    return FlowerClient(
+    return PartitionClient(
         build_model("mlp", seed=0), train, val, 0, state=RecordDict(), codec=codec
     )
 
@@ -111,7 +111,7 @@ def test_the_server_decodes_before_validation_and_rejects_bad_payloads(
     ]
     updates = strategy.validate(1, results)
     assert [u.partition for u in updates] == [0, 2]
-    assert strategy._round.rejected["codec"] == 1
+    assert strategy.round_record.rejected["codec"] == 1
     for update, delta in zip(updates, (deltas[0], deltas[2]), strict=True):
         for got, want in zip(update.delta, delta, strict=True):
             assert got.dtype == np.float32
@@ -121,7 +121,7 @@ def test_the_server_decodes_before_validation_and_rejects_bad_payloads(
     # Bytes up are what arrived, measured from the serialized replies: an int8
     # payload is about a quarter of the float32 update.
     sizes = [sum(len(t) for t in res.parameters.tensors) for _, res in results]
-    assert strategy._round.bytes_received == sum(sizes)
+    assert strategy.round_record.bytes_received == sum(sizes)
     float_bytes = sum(w.nbytes for w in strategy.global_weights)
     assert sizes[0] < 0.26 * float_bytes
 

@@ -35,11 +35,10 @@ from flwr.common import (
 from flwr.server.client_manager import SimpleClientManager
 
 import strategies
-from fl_app import results as outputs
 from fl_app.config import ConfigError, DpConfig, RunConfig, ValidationConfig
-from fl_app.privacy import PrivacyLedger, clip, privatize
+from fl_app.privacy import NOISE_SALT, PrivacyLedger, clip, privatize
+from fl_app.results import SUMMARY_FILE, read_history
 from strategies import strategy_class
-from strategies.base import _DP_NOISE
 from tests.fakes import FakeNode
 
 S = 1.0  # dp.clip-norm
@@ -296,7 +295,7 @@ def test_history_epsilon_matches_dp_accounting_round_by_round(
         assert epsilons[rounds] == pytest.approx(direct_epsilon(rounds), rel=1e-9)
     assert all(a < b for a, b in itertools.pairwise(epsilons))
     assert strategy.privacy is not None
-    assert strategy.privacy.rounds == Counter({(K, M): 3})
+    assert strategy.privacy.ledger.rounds == Counter({(K, M): 3})
     assert all(row.model_updated for row in strategy.history[1:])
 
 
@@ -371,7 +370,7 @@ def test_budget_stop_before_max_epsilon_is_exceeded(
     """max-epsilon between epsilon(2 rounds) and epsilon(3 rounds): rounds 1-2 train;
     round 3's configure_fit returns [] with a stop_reason naming dp.max-epsilon;
     evaluate(3) adds no row; summary.json holds the reason; nothing more is sent."""
-    monkeypatch.setattr(outputs, "plot_history", lambda *args: None)  # speed only
+    monkeypatch.setattr("fl_app.results.plot_history", lambda *args: None)  # speed only
     budget = (direct_epsilon(2) + direct_epsilon(3)) / 2
     strategy, manager = make_strategy(mnist_dir, run_dir=tmp_path, max_epsilon=budget)
     strategy.evaluate(0, current(strategy))
@@ -390,11 +389,11 @@ def test_budget_stop_before_max_epsilon_is_exceeded(
     assert strategy.configure_evaluate(3, final, manager) == []
     assert strategy.configure_fit(4, final, manager) == []
 
-    summary = json.loads((tmp_path / outputs.SUMMARY_FILE).read_text())
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
     assert summary["stop_reason"] == strategy.stop_reason
     assert summary["rounds_done"] == 2
     assert summary["epsilon"] == pytest.approx(direct_epsilon(2), rel=1e-9)
-    rows = outputs.read_history(tmp_path)
+    rows = read_history(tmp_path)
     assert [row["round"] for row in rows] == [0, 1, 2]
     assert rows[-1]["epsilon"] == pytest.approx(direct_epsilon(2), rel=1e-9)
     assert rows[-1]["epsilon"] <= budget
@@ -421,7 +420,7 @@ def test_ledger_population_is_the_clients_the_round_was_drawn_from(
     parameters, _ = strategy.aggregate_fit(2, results, [])
     assert parameters is not None
     assert strategy.privacy is not None
-    assert strategy.privacy.rounds == Counter({(10, 2): 1})
+    assert strategy.privacy.ledger.rounds == Counter({(10, 2): 1})
 
 
 def test_dp_noise_cannot_be_regenerated_from_the_run_config(
@@ -432,7 +431,7 @@ def test_dp_noise_cannot_be_regenerated_from_the_run_config(
     should still be noise-sized away from the clipped mean."""
     config = three_rounds.strategy.config
     w_t, new = three_rounds.rounds[1]
-    guess_rng = np.random.default_rng([config.seed, 1, _DP_NOISE])
+    guess_rng = np.random.default_rng([config.seed, 1, NOISE_SALT])
     zeros = [np.zeros_like(w) for w in w_t]
     guessed_noise = np.mean(
         [flat(u) for u in privatize([zeros] * M, config.dp, guess_rng)], axis=0

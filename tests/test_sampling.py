@@ -203,7 +203,7 @@ def dealt_partitions(
     chosen = strategy.configure_fit(server_round, parameters_of(strategy), manager)
     named = []
     for proxy, ins in chosen:
-        assert ins.config["partition-id"] == strategy.partition_of(proxy)
+        assert ins.config["partition-id"] == strategy.sampler.partition_of(proxy)
         assert ins.config["num-partitions"] == (
             strategy.config.num_partitions or len(manager.all())
         )
@@ -237,10 +237,10 @@ def test_more_virtual_clients_than_nodes(mnist_dir: Path) -> None:
         assert len({proxy.cid for proxy, _ in chosen}) == 10
         for proxy, ins in chosen:
             assert ins.config["num-partitions"] == 1000
-            assert ins.config["partition-id"] == strategy.partition_of(proxy)
+            assert ins.config["partition-id"] == strategy.sampler.partition_of(proxy)
             seen.add(int(ins.config["partition-id"]))
     assert max(seen) >= NUM_NODES  # partitions beyond the node count are drawn
-    assert strategy._population == 1000
+    assert strategy.sampler.drawn_from == 1000
     assert all(node.property_calls == 0 for node in nodes)
 
 
@@ -274,7 +274,7 @@ def test_evaluate_instructions_name_the_partition(mnist_dir: Path) -> None:
     chosen = strategy.configure_evaluate(1, parameters_of(strategy), manager)
     assert len(chosen) == NUM_NODES // 2
     for proxy, ins in chosen:
-        assert ins.config["partition-id"] == strategy.partition_of(proxy)
+        assert ins.config["partition-id"] == strategy.sampler.partition_of(proxy)
 
 
 def test_dealing_is_cheap_with_ten_thousand_nodes(mnist_dir: Path) -> None:

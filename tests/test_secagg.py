@@ -82,8 +82,8 @@ def test_the_strategy_takes_only_the_aggregate(mnist_dir: Path) -> None:
         1, [(node, fit_res(same, 10 * (k + 1))) for k, node in enumerate(nodes)], []
     )
     assert new is not None
-    assert strategy._round.extra["distinct_updates_seen"] == 1
-    assert strategy._round.clients_rejected == 0
+    assert strategy.round_record.extra["distinct_updates_seen"] == 1
+    assert strategy.round_record.clients_rejected == 0
     assert {a.dtype for a in parameters_to_ndarrays(new)} == {np.dtype(np.float32)}
     for w, b, d in zip(parameters_to_ndarrays(new), before, average, strict=True):
         np.testing.assert_allclose(w, b + d, rtol=1e-6, atol=1e-7)
@@ -96,7 +96,7 @@ def test_the_strategy_takes_only_the_aggregate(mnist_dir: Path) -> None:
     ]
     new, _ = strategy.aggregate_fit(2, results, [])
     assert new is None
-    assert strategy._round.extra["distinct_updates_seen"] == 3
+    assert strategy.round_record.extra["distinct_updates_seen"] == 3
 
 
 def test_the_mod_runs_secagg_only_for_its_messages(

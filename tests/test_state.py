@@ -74,7 +74,7 @@ def play(
             (0.01 * rng.standard_normal(shape)).astype(dtype)
             for shape, dtype in zip(layout.shapes, layout.dtypes, strict=True)
         ]
-        size = 50 + 10 * strategy.partition_of(client)
+        size = 50 + 10 * strategy.sampler.partition_of(client)
         res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), size, {})
         results.append((client, res))
     new, _ = strategy.aggregate_fit(flower_round, results, [])

@@ -37,7 +37,7 @@ from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
 import strategies
-from fl_app.client import FlowerClient
+from fl_app.client import PartitionClient
 from fl_app.client_parts import FedProxTerm, ScaffoldClient
 from fl_app.config import (
     CenteredClippingConfig,
@@ -62,7 +62,7 @@ Reply = tuple[NDArrays, int]  # (arrays a client sends up, n_k)
 
 # ------------------------------------------------------------------ plumbing
 class PartitionNode(FakeNode):
-    """A fake node that, like ``FlowerClient.get_properties``, may also report
+    """A fake node that, like ``PartitionClient.get_properties``, may also report
     ``num-partitions`` (0: not reported)."""
 
     def __init__(self, cid: str, partition_id: int, num_partitions: int = 0) -> None:
@@ -113,7 +113,7 @@ class Federation:
         global weights (None: the model stays unchanged)."""
         instructions = self.configure(server_round, weights)
         assert len(instructions) == len(self.nodes)  # fraction-fit = 1
-        proxy_of = {self.strategy.partition_of(c): c for c, _ in instructions}
+        proxy_of = {self.strategy.sampler.partition_of(c): c for c, _ in instructions}
         metrics = metrics or [{} for _ in replies]
         results = [
             (
@@ -254,7 +254,7 @@ def test_server_optimizer_over_two_rounds(mnist_dir: Path, name: str) -> None:
             v_1 = state["v"]
             assert np.any(v_1 > delta**2) and np.any(v_1 < delta**2)
         want = server_step(name, config, server_round, flat(w_t), delta, state)
-        # A FlowerClient's update (trained float32 weights minus the received ones)
+        # A PartitionClient's update (trained float32 weights minus the received ones)
         # has the dtype of what the server sent, so cast as it would.
         sent = [
             [d.astype(w.dtype) for d, w in zip(update, w_t, strict=True)]
@@ -405,7 +405,7 @@ def test_scaffold_server_updates_x_and_c(
     assert [g.dtype for g in got] == [np.float32, np.float32]
     np.testing.assert_allclose(strategy.control[0], want_c[0], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(strategy.control[1], want_c[1], rtol=1e-6)
-    assert strategy._round.extra["scaffold_returning"] == 2
+    assert strategy.round_record.extra["scaffold_returning"] == 2
 
 
 def test_scaffold_sends_weights_then_c_and_asks_for_scaffold(mnist_dir: Path) -> None:
@@ -440,9 +440,9 @@ def test_scaffold_rejects_a_reply_without_delta_c(mnist_dir: Path) -> None:
     replies[1] = (replies[1][0][:2], replies[1][1])  # delta_y only
     got = federation.round(1, W_TINY, replies)
 
-    assert strategy._round.rejected["array_count"] == 1
-    assert sum(strategy._round.rejected.values()) == 1
-    assert strategy._round.clients_rejected == 1
+    assert strategy.round_record.rejected["array_count"] == 1
+    assert sum(strategy.round_record.rejected.values()) == 1
+    assert strategy.round_record.clients_rejected == 1
     # Clients 0 and 2 only: sum n dy / n = ([0.4, -0.8], [0.4]) / 2, eta_g = 0.5;
     # c + (dc_0 + dc_2) / 5.
     assert got is not None
@@ -455,7 +455,7 @@ def test_scaffold_rejects_a_reply_without_delta_c(mnist_dir: Path) -> None:
     control = [c.copy() for c in strategy.control]
     only_y = [(arrays[:2], n) for arrays, n in tiny_replies()]
     assert federation.round(2, W_TINY, only_y) is None
-    assert strategy._round.rejected["array_count"] == 3
+    assert strategy.round_record.rejected["array_count"] == 3
     for got_c, want_c in zip(strategy.control, control, strict=True):
         np.testing.assert_array_equal(got_c, want_c)
 
@@ -489,7 +489,7 @@ def fit(
     config: dict[str, Scalar],
     state: RecordDict | None = None,
 ) -> tuple[NDArrays, int, dict[str, Scalar]]:
-    client = FlowerClient(
+    client = PartitionClient(
         build_model("mlp", seed=99), data, data, CLIENT_ID, state=state
     )
     return client.fit(parameters, config)

@@ -30,8 +30,8 @@ from flwr.common import (
 from flwr.server.client_manager import SimpleClientManager
 
 import strategies
-from fl_app import results as outputs
 from fl_app.config import RunConfig, ValidationConfig
+from fl_app.results import HISTORY_CSV, read_history
 from strategies.validation import REASONS, Layout, Rejected, checked_arrays
 from tests.fakes import FakeNode
 
@@ -292,7 +292,7 @@ def test_rejections_land_in_history_csv_columns(
 ) -> None:
     """Every kind of bad reply in one round: per-reason counts reach the row, the
     ``rejected_<reason>`` columns of history.csv and history.json."""
-    monkeypatch.setattr(outputs, "plot_history", lambda *args: None)  # speed only
+    monkeypatch.setattr("fl_app.results.plot_history", lambda *args: None)  # speed only
     num_bad = len(BAD)
     strategy, manager = make_strategy(
         mnist_dir, num_nodes=len(HONEST_SIZES) + num_bad, run_dir=tmp_path
@@ -325,7 +325,7 @@ def test_rejections_land_in_history_csv_columns(
         expected[reason] += 1
     assert expected["dtype"] == 2 and expected["num_examples"] == 3
 
-    with io.StringIO((tmp_path / outputs.HISTORY_CSV).read_text()) as handle:
+    with io.StringIO((tmp_path / HISTORY_CSV).read_text()) as handle:
         rows = list(csv.DictReader(handle))
     assert [row["round"] for row in rows] == ["0", "1"]
     for reason, count in expected.items():
@@ -334,7 +334,7 @@ def test_rejections_land_in_history_csv_columns(
     assert int(rows[1]["clients_succeeded"]) == len(HONEST_SIZES) + num_bad
     assert rows[1]["model_updated"] == "True"
 
-    last = outputs.read_history(tmp_path)[-1]
+    last = read_history(tmp_path)[-1]
     assert {r: last[f"rejected_{r}"] for r in REASONS} == expected
     assert last["clients_rejected"] == num_bad
 
