@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fl_app.launch.runner import parse_run_config, report_outcome, resume_from
+from fl_app.launch.runs import add_run_flags, report_outcome, requested_run_config
 from fl_app.launch.simulation import SimulationSuperLink
 
 
@@ -27,17 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="Ray CPUs per virtual client (1 = one client per core)",
     )
-    parser.add_argument(
-        "--run-config",
-        default="",
-        help="overrides of [tool.flwr.app.config], Flower syntax",
-    )
-    parser.add_argument(
-        "--resume",
-        type=Path,
-        metavar="RUN_DIR",
-        help="continue this run folder from its last completed round",
-    )
+    add_run_flags(parser)
     parser.add_argument(
         "--output-dir",
         default="outputs",
@@ -45,12 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    run_config = parse_run_config(args.run_config, Path(args.output_dir))
-    if args.resume is not None:
-        try:
-            run_config = resume_from(run_config, args.resume)
-        except FileNotFoundError as error:
-            parser.error(str(error))
+    try:
+        run_config = requested_run_config(
+            args.run_config, args.resume, Path(args.output_dir)
+        )
+    except FileNotFoundError as error:
+        parser.error(str(error))
     output_dir = Path(run_config["output-dir"])
     log_dir = output_dir / "logs"
 
@@ -66,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: the SuperLink is stopped", file=sys.stderr)
         return 130
-    return report_outcome(
-        outcome.run_id, outcome.status, outcome.details, output_dir, log_dir
-    )
+    return report_outcome(outcome, output_dir, log_dir)
 
 
 if __name__ == "__main__":

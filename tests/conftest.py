@@ -8,12 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fl_app.launch.runner import (
-    FlowerHome,
-    ManagedProcess,
-    free_port,
-    start_simulation_superlink,
-)
+from fl_app.launch.flower_cli import FlowerHome
+from fl_app.launch.processes import ManagedProcess
+from fl_app.launch.simulation import SimulationSuperLink
 from tests.synthetic import write_mnist_like
 
 
@@ -37,12 +34,8 @@ def superlink(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[FlowerHome, ManagedProcess]]:
     """One simulation SuperLink (connection "sim") for every integration test that
-    goes through ``flwr run``; stopped at the end of the session."""
-    home = FlowerHome(tmp_path_factory.mktemp("flwr_home"))
-    port = free_port()
-    home.add_connection("sim", f"127.0.0.1:{port}")
-    process = start_simulation_superlink(home, port, home.path / "logs")
-    try:
-        yield home, process
-    finally:
-        process.stop()
+    goes through ``flwr run``, the scripts' own; stopped at the end of the session."""
+    with SimulationSuperLink(tmp_path_factory.mktemp("superlink_logs")) as link:
+        home = link.start()
+        assert link.superlink is not None
+        yield home, link.superlink

@@ -1,11 +1,10 @@
-"""scripts/make_certs.py: the files Flower reads, created once, never clobbered."""
+"""fl_app/launch/certs.py (scripts/make_certs.py): the files Flower reads, created
+once, never clobbered. The script's exit codes are tested in ``test_scripts.py``."""
 
 from __future__ import annotations
 
-import importlib.util
 import stat
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from cryptography import x509
@@ -15,27 +14,16 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_public_key,
 )
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "make_certs.py"
+from fl_app.launch.certs import CertError, Certs, ensure, server_sans
 
 
-@pytest.fixture(scope="module")
-def make_certs() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_certs", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_files_are_what_flower_loads(make_certs: ModuleType, tmp_path: Path) -> None:
-    assert make_certs.main(["--out-dir", str(tmp_path), "--num-supernodes", "2"]) == 0
+def test_files_are_what_flower_loads(tmp_path: Path) -> None:
+    written = ensure(tmp_path, num_supernodes=2)
+    assert sorted(written) == sorted(p.name for p in tmp_path.iterdir())
     ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
     server = x509.load_pem_x509_certificate((tmp_path / "superlink.crt").read_bytes())
     server.verify_directly_issued_by(ca)
-    assert make_certs.server_sans(tmp_path / "superlink.crt") == {
-        "127.0.0.1",
-        "localhost",
-    }
+    assert server_sans(tmp_path / "superlink.crt") == {"127.0.0.1", "localhost"}
     for i in range(2):
         private = load_ssh_private_key((tmp_path / f"supernode-{i}").read_bytes(), None)
         public = load_ssh_public_key((tmp_path / f"supernode-{i}.pub").read_bytes())
@@ -43,28 +31,33 @@ def test_files_are_what_flower_loads(make_certs: ModuleType, tmp_path: Path) -> 
         assert private.public_key().public_numbers() == public.public_numbers()
     for secret in ("ca.key", "superlink.key", "supernode-0", "supernode-1"):
         assert stat.S_IMODE((tmp_path / secret).stat().st_mode) == 0o600, secret
+    Certs(tmp_path).check(2)  # the deployment finds every file it needs
 
 
-def test_rerun_keeps_files_and_adds_only_new_nodes(
-    make_certs: ModuleType, tmp_path: Path
-) -> None:
-    make_certs.main(["--out-dir", str(tmp_path), "--num-supernodes", "1"])
+def test_rerun_keeps_files_and_adds_only_new_nodes(tmp_path: Path) -> None:
+    ensure(tmp_path, num_supernodes=1)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    make_certs.main(["--out-dir", str(tmp_path), "--num-supernodes", "2"])
+    assert ensure(tmp_path, num_supernodes=2) == ["supernode-1", "supernode-1.pub"]
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert {k: after[k] for k in before} == before
     assert set(after) - set(before) == {"supernode-1", "supernode-1.pub"}
+    assert ensure(tmp_path, num_supernodes=2) == []
 
 
-def test_missing_san_is_an_error_until_forced(
-    make_certs: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    make_certs.main(["--out-dir", str(tmp_path)])
+def test_missing_san_is_an_error_until_forced(tmp_path: Path) -> None:
+    ensure(tmp_path, num_supernodes=3)
     old_ca = (tmp_path / "ca.crt").read_bytes()
-    args = ["--out-dir", str(tmp_path), "--san", "superlink.example.org"]
-    assert make_certs.main(args) == 1
-    assert "superlink.example.org" in capsys.readouterr().err
+    with pytest.raises(CertError, match=r"superlink\.example\.org"):
+        ensure(tmp_path, 3, ["superlink.example.org"])
     assert (tmp_path / "ca.crt").read_bytes() == old_ca
-    assert make_certs.main([*args, "--force"]) == 0
-    assert "superlink.example.org" in make_certs.server_sans(tmp_path / "superlink.crt")
+    ensure(tmp_path, 3, ["superlink.example.org"], force=True)
+    assert "superlink.example.org" in server_sans(tmp_path / "superlink.crt")
     assert (tmp_path / "ca.crt").read_bytes() != old_ca
+
+
+def test_a_missing_file_is_named_with_the_command_that_makes_it(
+    tmp_path: Path,
+) -> None:
+    ensure(tmp_path, num_supernodes=1)
+    with pytest.raises(FileNotFoundError, match=r"supernode-1, supernode-1\.pub"):
+        Certs(tmp_path).check(2)

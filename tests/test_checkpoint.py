@@ -6,8 +6,8 @@ round so that a round re-run after a crash starts from the state before it."""
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,7 +28,9 @@ from strategies.base import BaseStrategy
 from tests.test_state import comparable, manager, play, same
 
 
-def make_run(mnist_dir: Path, run_dir: Path, name: str = "fedadam") -> BaseStrategy:
+def make_run(
+    mnist_dir: Path, run_dir: Path, name: str = "fedadam", **changes: Any
+) -> BaseStrategy:
     config = RunConfig(
         dataset="mnist",
         data_dir=str(mnist_dir),
@@ -38,6 +40,7 @@ def make_run(mnist_dir: Path, run_dir: Path, name: str = "fedadam") -> BaseStrat
         fraction_fit=1.0,
         min_available_timeout=1.0,
         output_dir=str(run_dir.parent),
+        **changes,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     return strategies.STRATEGIES[name](config, run_dir=run_dir)
@@ -210,7 +213,7 @@ def test_the_store_follows_the_message_and_the_node_config(tmp_path: Path) -> No
 
 
 def test_the_scripts_resume_option_checks_the_folder(tmp_path: Path) -> None:
-    from fl_app.launch.runner import resume_from
+    from fl_app.launch.runs import resume_from
 
     with pytest.raises(FileNotFoundError, match=r"no checkpoint\.npz"):
         resume_from({"seed": 1}, tmp_path)
@@ -235,17 +238,16 @@ def test_the_plot_is_redrawn_when_due_and_at_the_end(
     plotted_after: list[int],
 ) -> None:
     """A drawing costs a steady round's time: not every round, but never missing."""
-    import strategies.base as base
+    from fl_app import results
 
     plotted: list[int] = []
-    monkeypatch.setattr(base, "PLOT_EVERY_S", every)
+    monkeypatch.setattr(results, "PLOT_EVERY_S", every)
     monkeypatch.setattr(
-        base.outputs,
+        results,
         "plot_history",
         lambda _d, records, _t: plotted.append(len(records) - 1),
     )
-    strategy = make_run(mnist_dir, tmp_path / "run")
-    strategy.config = replace(strategy.config, num_server_rounds=3)
+    strategy = make_run(mnist_dir, tmp_path / "run", num_server_rounds=3)
     strategy.evaluate(0, ndarrays_to_parameters(strategy.global_weights))
     clients = manager()
     for server_round in (1, 2, 3):

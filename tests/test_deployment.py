@@ -1,12 +1,13 @@
 """End-to-end on a real Flower deployment: TLS, SuperNode authentication, failures.
 
-One federation (SuperLink + 3 SuperNodes on loopback, started by fl_app/federation.py
-from certificates made by scripts/make_certs.py) serves the whole module: starting it
-costs ~10 s and a deployed round 10-30 s on a 2-core machine (every message starts
-a fresh ``flwr-clientapp`` process, and an idle SuperNode polls every 3 s). So the
-module runs as few rounds as its checks need: the uninterrupted run a crash and
-resume must equal is run in process (``tests/inprocess.py``), and the resumed run
-is also the check of client state across rounds.
+One federation (SuperLink + 3 SuperNodes on loopback, started by
+fl_app/launch/federation.py from certificates made by scripts/make_certs.py) serves
+the whole module: starting it costs ~10 s and a deployed round 10-30 s on a 2-core
+machine (every message starts a fresh ``flwr-clientapp`` process, and an idle
+SuperNode polls every 3 s). So the module runs as few rounds as its checks need:
+the uninterrupted run a crash and resume must equal is run in process
+(``tests/inprocess.py``), and the resumed run is also the check of client state
+across rounds.
 Tests run in file order; the last one kills a SuperNode.
 
 What Flower 1.42 does when a SuperNode dies mid-round: the SuperLink answers the
@@ -30,7 +31,9 @@ from typing import Any
 import psutil
 import pytest
 
-from fl_app.launch.federation import Certs, Federation, RunResult
+from fl_app.launch.certs import Certs
+from fl_app.launch.federation import Federation
+from fl_app.launch.runs import RunOutcome
 from fl_app.results import (
     HISTORY_CSV,
     HISTORY_JSON,
@@ -140,14 +143,14 @@ def run_in_background(
 
 def finish(
     thread: threading.Thread, outcome: dict[str, Any], timeout: float
-) -> RunResult:
+) -> RunOutcome:
     thread.join(timeout)
     assert not thread.is_alive(), f"run still going after {timeout:g}s"
     assert "result" in outcome, outcome
     return outcome["result"]
 
 
-def explain(result: RunResult) -> str:
+def explain(result: RunOutcome) -> str:
     log = result.log_path.read_text(errors="replace").splitlines()
     return f"{result.status} {result.details}\n" + "\n".join(log[-30:])
 
@@ -195,6 +198,7 @@ def test_scaffold_state_persists_and_a_killed_serverapp_resumes(
     resumed["resume-dir"] = str(crash_run)
     result = finish(*run_in_background(federation, resumed), 200)
     assert result.completed, explain(result)
+    assert result.run_dir == crash_run  # the same folder as a simulation's outcome
     for name in (HISTORY_JSON, HISTORY_CSV, MODEL_FILE, PLOT_FILE):
         assert (crash_run / name).is_file(), name
     got = read_history(crash_run)
@@ -251,7 +255,8 @@ def test_secagg_run_completes_over_tls(
     )
     result = finish(*run_in_background(federation, config), 240)
     assert result.completed, explain(result)
-    history = read_history((tmp_path / "latest").resolve())
+    assert result.run_dir == (tmp_path / "latest").resolve()
+    history = read_history(result.run_dir)
     assert [row["round"] for row in history] == [0, 1]
     assert history[1]["distinct_updates_seen"] == 1
     assert history[1]["clients_succeeded"] == NUM_NODES

@@ -24,13 +24,13 @@ import pytest
 import torch
 
 from fl_app.checkpoint import CHECKPOINT_FILE
-from fl_app.launch.runner import (
+from fl_app.launch.flower_cli import (
     FlowerHome,
-    ManagedProcess,
     flwr_run,
     run_status,
     simulation_config,
 )
+from fl_app.launch.processes import ManagedProcess
 from fl_app.model import build_model
 from fl_app.results import HISTORY_CSV, HISTORY_JSON, MODEL_FILE, PLOT_FILE
 from tests.inprocess import APP_DIR, returning_counts, seeded_samples

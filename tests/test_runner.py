@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flwr.cli.build import build_fab_from_disk
 
-from fl_app.launch.runner import staged_app
+from fl_app.launch.flower_cli import staged_app
 
 APP_DIR = Path(__file__).resolve().parents[1]
 

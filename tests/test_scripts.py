@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fl_app.launch.runner import process_family
+from fl_app.launch.processes import process_family
 from tests.synthetic import TEST_IMAGES, write_mnist_like
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,6 +74,24 @@ def test_the_benchmark_names_a_bad_flag(
     done = script("benchmark.py", *args)
     assert done.returncode == 2, done.stderr
     assert named in done.stderr.splitlines()[-1], done.stderr
+
+
+def test_make_certs_says_what_it_wrote_and_refuses_a_contradiction(
+    tmp_path: Path,
+) -> None:
+    """Exit 0 and the files named, 0 and "nothing to do" the second time, 1 with
+    the reason when the certificate lacks a requested SAN, 2 for a bad count."""
+    out = ["--out-dir", str(tmp_path), "--num-supernodes", "1"]
+    done = script("make_certs.py", *out)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"wrote to {tmp_path}: ca.crt, ca.key")
+    done = script("make_certs.py", *out)
+    assert done.returncode == 0 and done.stdout.startswith("nothing to do"), done
+    done = script("make_certs.py", *out, "--san", "superlink.example.org")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("make_certs: ") and "--force" in done.stderr
+    done = script("make_certs.py", "--out-dir", str(tmp_path), "--num-supernodes=-1")
+    assert done.returncode == 2 and "--num-supernodes" in done.stderr, done.stderr
 
 
 @pytest.fixture(scope="module")

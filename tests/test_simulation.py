@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from fl_app.launch.runner import (
+from fl_app.launch.flower_cli import (
     FlowerHome,
-    ManagedProcess,
     flwr_run,
     run_status,
     simulation_config,
 )
+from fl_app.launch.processes import ManagedProcess
 from fl_app.results import TIMING_FIELDS, read_history
 from tests.inprocess import APP_DIR, quick_config, run_in_process
 

@@ -4,9 +4,10 @@ One SuperLink with TLS and SuperNode authentication, SuperNodes that each hold o
 partition and authenticate with a registered key, and the ``flwr`` CLI pointed at the
 SuperLink through a private ``FLWR_HOME``: the same processes and commands as on real
 hosts, only on loopback. Every process is a ``ManagedProcess`` of the ``Federation``
-(own process group, own log file), and ``stop()`` (also reached on error and Ctrl-C
-through the context manager) ends them all, and whatever they spawned outside their
-groups (the SuperLink starts its SuperExec in a session of its own).
+(own process group, own log file), and ``stop()`` (also reached on error, Ctrl-C and
+SIGTERM through the context manager) ends them all, and whatever they spawned
+outside their groups (the SuperLink starts its SuperExec in a session of its own).
+``run`` returns the same ``RunOutcome`` as a simulation's (``fl_app.launch.runs``).
 """
 
 from __future__ import annotations
@@ -14,77 +15,29 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from fl_app.launch.runner import (
-    LOOPBACK,
+from fl_app.launch.certs import Certs
+from fl_app.launch.flower_cli import (
     FlowerHome,
-    ManagedProcess,
     flower_bin,
     flower_env,
     flwr_json,
-    flwr_run,
-    free_port,
-    run_status,
     start_superlink,
 )
+from fl_app.launch.processes import (
+    LOOPBACK,
+    ManagedProcess,
+    free_port,
+    sigterm_as_interrupt,
+    uninterruptible,
+)
+from fl_app.launch.runs import RunOutcome, flwr_run_outcome
 
 APP_DIR = Path(__file__).resolve().parents[2]
 CONNECTION = "local"  # name of the SuperLink connection in the private FLWR_HOME
-
-
-@dataclass(frozen=True)
-class Certs:
-    """The files scripts/make_certs.py writes, by role."""
-
-    directory: Path
-
-    @property
-    def ca_cert(self) -> Path:
-        return self.directory / "ca.crt"
-
-    @property
-    def superlink_cert(self) -> Path:
-        return self.directory / "superlink.crt"
-
-    @property
-    def superlink_key(self) -> Path:
-        return self.directory / "superlink.key"
-
-    def supernode_key(self, index: int) -> Path:
-        return self.directory / f"supernode-{index}"
-
-    def supernode_public_key(self, index: int) -> Path:
-        return self.directory / f"supernode-{index}.pub"
-
-    def check(self, num_supernodes: int) -> None:
-        """Fail before starting anything if a file is missing, saying how to fix it."""
-        needed = [self.ca_cert, self.superlink_cert, self.superlink_key]
-        for i in range(num_supernodes):
-            needed += [self.supernode_key(i), self.supernode_public_key(i)]
-        missing = [p.name for p in needed if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{self.directory} lacks {', '.join(missing)}; create them with: "
-                f"python scripts/make_certs.py --out-dir {self.directory} "
-                f"--num-supernodes {num_supernodes}"
-            )
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What ``flwr list`` says about a finished run, and where its log is."""
-
-    run_id: int
-    status: str  # e.g. "finished:completed", "finished:failed"
-    details: str  # Flower's status details: the ServerApp's error, if any
-    log_path: Path
-
-    @property
-    def completed(self) -> bool:
-        return self.status == "finished:completed"
 
 
 class SuperNodeExited(RuntimeError):
@@ -112,12 +65,32 @@ class Federation:
         self.supernodes: dict[str, ManagedProcess] = {}
         self.address = ""
         self._runs = 0
+        self._signals = ExitStack()
 
     def __enter__(self) -> Federation:
+        """Meanwhile SIGTERM is a KeyboardInterrupt, so it too stops everything."""
+        self._signals.enter_context(sigterm_as_interrupt())
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        """Stop every process (a second Ctrl-C must not cut that short), then give
+        SIGTERM its handler back."""
+        with uninterruptible():
+            self.stop()
+        self._signals.close()
+
+    def start(
+        self, num_supernodes: int, connect_timeout: float = 60, *, echo: bool = False
+    ) -> None:
+        """The SuperLink, then ``num_supernodes`` registered SuperNodes, returned
+        once all are online (``echo``: saying so on stdout)."""
+        self.start_superlink()
+        if echo:
+            print(f"SuperLink (TLS, node auth) on {self.address}", flush=True)
+        self.start_supernodes(num_supernodes)
+        self.wait_for_online(num_supernodes, connect_timeout)
+        if echo:
+            print(f"{num_supernodes} SuperNodes online", flush=True)
 
     # ----------------------------------------------------------------- SuperLink
     def start_superlink(self, timeout: float = 30, attempts: int = 3) -> None:
@@ -266,30 +239,23 @@ class Federation:
         *,
         echo: bool = False,
         timeout: float = 1800,
-    ) -> RunResult:
-        """``flwr run`` the app, stream its log until it ends, read its status.
+    ) -> RunOutcome:
+        """``flwr run`` the app, stream its log until it ends, read its status and
+        find its folder: the same ``RunOutcome`` as a simulation's.
 
         The nodes here each hold their own partition (``--node-config``), so the
         server asks them (``partition-source = "node"``) unless told otherwise.
         """
         run_config = {"partition-source": "node", **run_config}
         self._runs += 1
-        log_path = self.log_dir / f"run-{self._runs}.log"
-        run_id = flwr_run(
+        return flwr_run_outcome(
             self.app_dir,
             CONNECTION,
             self.home,
             run_config,
-            log_path=log_path,
+            log_path=self.log_dir / f"run-{self._runs}.log",
             echo=echo,
             timeout=timeout,
-        )
-        status = run_status(CONNECTION, self.home, run_id)
-        return RunResult(
-            run_id,
-            str(status.get("status", "")),
-            str(status.get("status-details", "")),
-            log_path,
         )
 
     # ----------------------------------------------------------------- shutdown

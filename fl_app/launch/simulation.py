@@ -5,7 +5,7 @@ process (private ``FLWR_HOME`` in a temporary folder, a free port) the first tim
 run needs it, and stops it on exit, on an error, on Ctrl-C and on SIGTERM.
 ``run`` submits the app with ``flwr run``, streams its log, then asks Flower how the
 run really ended (``flwr run --stream`` exits 0 even for a failed run) and finds
-the folder the ServerApp wrote.
+the folder the ServerApp wrote: a ``RunOutcome``, as ``Federation.run`` returns.
 """
 
 from __future__ import annotations
@@ -13,48 +13,54 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from fl_app.launch.runner import (
+from fl_app.launch.flower_cli import (
     FlowerHome,
-    ManagedProcess,
     flwr_run,
-    free_port,
     run_status,
-    sigterm_as_interrupt,
     simulation_config,
     start_simulation_superlink,
+)
+from fl_app.launch.processes import (
+    ManagedProcess,
+    free_port,
+    sigterm_as_interrupt,
     uninterruptible,
 )
+from fl_app.launch.runs import COMPLETED, RunOutcome, flwr_run_outcome, run_folder
+
+# Besides its own names, the process and CLI helpers this module was first written
+# with stay importable from here, for callers that import them from here.
+__all__ = [
+    "APP_DIR",
+    "COMPLETED",
+    "CONNECTION",
+    "FlowerHome",
+    "ManagedProcess",
+    "RunOutcome",
+    "SimulationSuperLink",
+    "flwr_run",
+    "free_port",
+    "run_folder",
+    "run_status",
+    "sigterm_as_interrupt",
+    "simulation_config",
+    "start_simulation_superlink",
+    "uninterruptible",
+]
 
 APP_DIR = Path(__file__).resolve().parents[2]
 CONNECTION = "sim"
-COMPLETED = "finished:completed"
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """How one ``flwr run`` ended, and where its results and log are."""
-
-    run_id: int
-    status: str  # Flower's, e.g. "finished:completed" or "finished:failed"
-    details: str
-    run_dir: Path | None  # the folder the ServerApp wrote; None if none was found
-    log_path: Path
-
-    @property
-    def completed(self) -> bool:
-        return self.status == COMPLETED and self.run_dir is not None
 
 
 class SimulationSuperLink:
     """One simulation SuperLink for any number of runs; use as a context manager.
 
     ``log_dir`` receives ``superlink.log``. The SuperLink starts with the first
-    ``run``, so a caller whose runs are all done before needs none.
+    ``run`` (or ``start``), so a caller whose runs are all done before needs none.
     """
 
     def __init__(self, log_dir: Path, *, app_dir: Path = APP_DIR) -> None:
@@ -63,10 +69,11 @@ class SimulationSuperLink:
         self.home: FlowerHome | None = None
         self.superlink: ManagedProcess | None = None
         self._stack: ExitStack | None = None
+        self._signals = ExitStack()
 
     def __enter__(self) -> SimulationSuperLink:
+        self._signals.enter_context(sigterm_as_interrupt())
         self._stack = ExitStack()
-        self._stack.enter_context(sigterm_as_interrupt())
         return self
 
     def __exit__(
@@ -80,9 +87,14 @@ class SimulationSuperLink:
         if stack is not None:
             with uninterruptible():  # a second Ctrl-C must not cut clean-up short
                 stack.close()
+        # Only now: restored inside ``uninterruptible``, SIGTERM's handler would be
+        # overwritten by the one it saw on entry (KeyboardInterrupt, for good).
+        self._signals.close()
 
     def start(self) -> FlowerHome:
-        """The SuperLink's ``FLWR_HOME``, starting the SuperLink if needed."""
+        """The SuperLink's ``FLWR_HOME``, starting the SuperLink if needed (a caller
+        that times its runs starts it first, so the SuperLink's start-up is not
+        counted)."""
         if self._stack is None:
             raise RuntimeError("use SimulationSuperLink as a context manager")
         if self.home is None:
@@ -109,33 +121,13 @@ class SimulationSuperLink:
     ) -> RunOutcome:
         """Run the app once with ``run_config`` (its ``output-dir`` absolute) on
         ``num_supernodes`` virtual clients; how it ended, whatever the ending."""
-        home = self.start()
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        run_id = flwr_run(
+        return flwr_run_outcome(
             self.app_dir,
             CONNECTION,
-            home,
+            self.start(),
             run_config,
             log_path=log_path,
             federation_config=simulation_config(num_supernodes, cpus_per_client),
             timeout=timeout,
             echo=echo,
         )
-        status = run_status(CONNECTION, home, run_id)
-        return RunOutcome(
-            run_id=run_id,
-            status=str(status.get("status", "")),
-            details=str(status.get("status-details", "")),
-            run_dir=run_folder(run_config, run_id),
-            log_path=log_path,
-        )
-
-
-def run_folder(run_config: Mapping[str, Any], run_id: int) -> Path | None:
-    """The folder run ``run_id`` wrote: ``resume-dir`` when it resumed, else the
-    one ``<output-dir>/<timestamp>-run<id>`` (None if there is not exactly one)."""
-    if run_config.get("resume"):
-        return Path(str(run_config["resume-dir"]))
-    output_dir = Path(str(run_config["output-dir"]))
-    found = [p for p in output_dir.glob(f"*-run{run_id}*") if p.is_dir()]
-    return found[0] if len(found) == 1 else None

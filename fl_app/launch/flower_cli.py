@@ -1,11 +1,12 @@
-"""Start, drive and stop Flower's own processes: for scripts and integration tests.
+"""Flower's own programs, driven from Python: SuperLink, ``flwr run``, ``flwr list``.
 
 ``flwr run .`` on its own starts a detached SuperLink under ``~/.flwr`` that outlives
 the run and that nothing here could stop by PID. So scripts and tests start the
 SuperLink themselves (a ``ManagedProcess``: own process group, log file, stopped on
 exit), point the ``flwr`` CLI at it through a private ``FLWR_HOME`` whose
-``config.toml`` names the connection, and read the run's outcome with ``flwr list``
-rather than trusting the exit code of ``flwr run --stream`` (0 even for a failed run).
+``config.toml`` names the connection (``FlowerHome``), and read the run's outcome
+with ``flwr list`` (``run_status``) rather than trusting the exit code of
+``flwr run --stream`` (0 even for a failed run).
 """
 
 from __future__ import annotations
@@ -13,25 +14,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pathspec
-import psutil
 import tomli_w
-from flwr.common.config import parse_config_args
 
-LOOPBACK = "127.0.0.1"
+from fl_app.launch.processes import LOOPBACK, ManagedProcess, wait_for_port
+
 # Quiet, offline, and never install dependencies at run time: the app's environment
 # is the one it was installed into.
 BASE_ENV = {
@@ -64,134 +61,6 @@ def flower_bin(name: str) -> str:
     if found is None:
         raise FileNotFoundError(f"{name} not found: install the app with pip first")
     return found
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(
-    host: str, port: int, timeout: float, process: ManagedProcess
-) -> None:
-    """Block until ``host:port`` accepts connections; fail early if ``process`` died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not process.alive():
-            raise RuntimeError(
-                f"{process.name} exited with code {process.popen.returncode} before "
-                f"listening on {host}:{port}; see {process.log_path}:\n"
-                + process.tail()
-            )
-        with socket.socket() as sock:
-            sock.settimeout(0.5)
-            if sock.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{process.name} did not listen on {host}:{port} in {timeout}s")
-
-
-@dataclass
-class ManagedProcess:
-    """A child process in its own process group, its output in a log file (or, with
-    ``pipe``, in ``popen.stdout`` for the caller to copy there)."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    @classmethod
-    def start(
-        cls,
-        name: str,
-        command: Sequence[str],
-        log_path: Path,
-        env: Mapping[str, str] | None = None,
-        cwd: Path | None = None,
-        *,
-        pipe: bool = False,
-    ) -> ManagedProcess:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log_file:
-            popen = subprocess.Popen(
-                list(command),
-                stdout=subprocess.PIPE if pipe else log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})},
-                cwd=cwd,
-                start_new_session=True,  # own group: stop() reaches its children too
-            )
-        return cls(name, popen, log_path)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, grace: float = 10.0) -> int | None:
-        """SIGTERM the process group and every descendant, SIGKILL what is left after
-        ``grace`` s. Descendants are signalled one by one too because some leave the
-        group (the SuperLink starts its SuperExec in a session of its own); psutil
-        checks each one's start time, so a reused PID is never signalled."""
-        family = self._family() if self.alive() else []
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            # Group members (ServerApp, ClientApps, Ray) may outlive the leader.
-            _signal_group(self.pid, sig)
-            for process in family:
-                with suppress(psutil.Error):
-                    process.send_signal(sig)
-            deadline = time.monotonic() + grace
-            with suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout=grace)  # the leader: reaped, exit code kept
-            remaining = max(0.0, deadline - time.monotonic())
-            _, family = psutil.wait_procs(family, timeout=remaining)
-        return self.popen.returncode
-
-    def _family(self) -> list[psutil.Process]:
-        return process_family(self.pid)
-
-    def kill(self) -> None:
-        """Die now, like a crashed machine: SIGKILL to the group, no clean-up."""
-        _signal_group(self.pid, signal.SIGKILL)
-        self.popen.wait(timeout=10)
-
-
-def process_family(pid: int) -> list[psutil.Process]:
-    """``pid``'s descendants, and the other members of their process groups: Ray
-    workers whose raylet has exited are orphans, but still in the group of the
-    SuperExec that started them. Neither ``pid`` nor the caller is listed."""
-    try:
-        found = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-    groups = {pid, *(_pgid(process.pid) for process in found)} - {None}
-    found += [p for p in psutil.process_iter() if _pgid(p.pid) in groups]
-    ours = (pid, os.getpid())
-    return list({p.pid: p for p in found if p.pid not in ours}.values())
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return None
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
 
 
 @dataclass
@@ -406,80 +275,3 @@ def run_status(connection: str, home: FlowerHome, run_id: int) -> dict[str, Any]
     if not runs:
         raise RuntimeError(f"flwr list knows no run {run_id}: {payload}")
     return dict(runs[0])
-
-
-def parse_run_config(text: str, default_output_dir: Path) -> dict[str, Any]:
-    """``--run-config`` overrides (Flower syntax) with ``output-dir`` made absolute:
-    the ServerApp runs in the SuperLink's working directory, not the caller's."""
-    run_config = parse_config_args([text]) if text else {}
-    output_dir = Path(str(run_config.get("output-dir", default_output_dir)))
-    run_config["output-dir"] = str(output_dir.expanduser().resolve())
-    return run_config
-
-
-def resume_from(run_config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """``run_config`` set to continue ``run_dir`` (``--resume`` of the scripts).
-
-    The folder is checked here too, so a typo fails before anything starts; the
-    ServerApp checks the checkpoint's content against the run config.
-    """
-    from fl_app.checkpoint import CHECKPOINT_FILE
-
-    run_dir = run_dir.expanduser().resolve()
-    if not (run_dir / CHECKPOINT_FILE).is_file():
-        raise FileNotFoundError(
-            f"--resume {run_dir}: no {CHECKPOINT_FILE} there (a run folder that "
-            "completed at least one round has one)"
-        )
-    return {
-        **run_config,
-        "resume": True,
-        "resume-dir": str(run_dir),
-        "output-dir": str(run_dir.parent),  # where the run lives, and its logs go
-    }
-
-
-def report_outcome(
-    run_id: int, status: str, details: str, output_dir: Path, log_dir: Path
-) -> int:
-    """Print how a run ended and where its results or logs are; the exit code."""
-    print(json.dumps({"run-id": run_id, "status": status}))
-    if status == "finished:completed":
-        latest = output_dir / "latest"
-        print(f"results: {latest.resolve() if latest.exists() else output_dir}")
-        return 0
-    print(
-        f"run {run_id} did not complete: {status} {details}\nlogs in {log_dir}",
-        file=sys.stderr,
-    )
-    return 1
-
-
-@contextmanager
-def _handling(handler: Any, *signals: signal.Signals) -> Iterator[None]:
-    """``handler`` for ``signals`` meanwhile. Only in the main thread (where Python
-    delivers signals); elsewhere a no-op."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in signals}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def sigterm_as_interrupt() -> AbstractContextManager[None]:
-    """Turn SIGTERM into KeyboardInterrupt, so ``finally`` blocks stop the processes."""
-    return _handling(_interrupt, signal.SIGTERM)
-
-
-def uninterruptible() -> AbstractContextManager[None]:
-    """Ignore SIGINT and SIGTERM meanwhile: a second Ctrl-C must not cut clean-up
-    short."""
-    return _handling(signal.SIG_IGN, signal.SIGINT, signal.SIGTERM)

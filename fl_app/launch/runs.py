@@ -1,0 +1,157 @@
+"""One run of the app on a SuperLink: its run config as the scripts take it, and how
+it ended.
+
+Shared by the simulation (``simulation.SimulationSuperLink``), the local TLS
+deployment (``federation.Federation``) and the scripts in front of them, so that a
+run reads the same whichever SuperLink it went to: ``RunOutcome`` (Flower's status,
+the folder the ServerApp wrote, the ``flwr run`` log) from ``flwr_run_outcome``, and
+one way to print it and pick the exit code (``report_outcome``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.common.config import parse_config_args
+
+from fl_app.checkpoint import CHECKPOINT_FILE
+from fl_app.launch.flower_cli import FlowerHome, flwr_run, run_status
+
+COMPLETED = "finished:completed"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How one ``flwr run`` ended, and where its results and log are."""
+
+    run_id: int
+    status: str  # Flower's, e.g. "finished:completed" or "finished:failed"
+    details: str  # Flower's status details: the ServerApp's error, if any
+    run_dir: Path | None  # the folder the ServerApp wrote; None if none was found
+    log_path: Path
+
+    @property
+    def completed(self) -> bool:
+        return self.status == COMPLETED and self.run_dir is not None
+
+
+def flwr_run_outcome(
+    app_dir: Path,
+    connection: str,
+    home: FlowerHome,
+    run_config: Mapping[str, Any],
+    *,
+    log_path: Path,
+    federation_config: Mapping[str, Any] | None = None,
+    timeout: float = 1800,
+    echo: bool = False,
+) -> RunOutcome:
+    """``flwr run`` the app (see ``flower_cli.flwr_run``), then ask Flower how the
+    run ended (the CLI exits 0 for a failed run too) and find its folder."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    run_id = flwr_run(
+        app_dir,
+        connection,
+        home,
+        run_config,
+        log_path=log_path,
+        federation_config=federation_config,
+        timeout=timeout,
+        echo=echo,
+    )
+    status = run_status(connection, home, run_id)
+    return RunOutcome(
+        run_id=run_id,
+        status=str(status.get("status", "")),
+        details=str(status.get("status-details", "")),
+        run_dir=run_folder(run_config, run_id),
+        log_path=log_path,
+    )
+
+
+def run_folder(run_config: Mapping[str, Any], run_id: int) -> Path | None:
+    """The folder run ``run_id`` wrote: ``resume-dir`` when it resumed, else the
+    one ``<output-dir>/<timestamp>-run<id>`` (None if there is not exactly one, or
+    no ``output-dir`` to look in)."""
+    if run_config.get("resume"):
+        return Path(str(run_config["resume-dir"]))
+    if "output-dir" not in run_config:
+        return None
+    output_dir = Path(str(run_config["output-dir"]))
+    found = [p for p in output_dir.glob(f"*-run{run_id}*") if p.is_dir()]
+    return found[0] if len(found) == 1 else None
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """``--run-config`` and ``--resume``, the same for every script that runs once."""
+    parser.add_argument(
+        "--run-config",
+        default="",
+        help="overrides of [tool.flwr.app.config], Flower syntax",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue this run folder from its last completed round",
+    )
+
+
+def requested_run_config(
+    text: str, resume: Path | None, default_output_dir: Path
+) -> dict[str, Any]:
+    """The run config ``--run-config`` and ``--resume`` ask for; FileNotFoundError
+    naming ``--resume`` if that folder cannot be resumed."""
+    run_config = parse_run_config(text, default_output_dir)
+    return run_config if resume is None else resume_from(run_config, resume)
+
+
+def parse_run_config(text: str, default_output_dir: Path) -> dict[str, Any]:
+    """``--run-config`` overrides (Flower syntax) with ``output-dir`` made absolute:
+    the ServerApp runs in the SuperLink's working directory, not the caller's."""
+    run_config = parse_config_args([text]) if text else {}
+    output_dir = Path(str(run_config.get("output-dir", default_output_dir)))
+    run_config["output-dir"] = str(output_dir.expanduser().resolve())
+    return run_config
+
+
+def resume_from(run_config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """``run_config`` set to continue ``run_dir`` (``--resume`` of the scripts).
+
+    The folder is checked here too, so a typo fails before anything starts; the
+    ServerApp checks the checkpoint's content against the run config.
+    """
+    run_dir = run_dir.expanduser().resolve()
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        raise FileNotFoundError(
+            f"--resume {run_dir}: no {CHECKPOINT_FILE} there (a run folder that "
+            "completed at least one round has one)"
+        )
+    return {
+        **run_config,
+        "resume": True,
+        "resume-dir": str(run_dir),
+        "output-dir": str(run_dir.parent),  # where the run lives, and its logs go
+    }
+
+
+def report_outcome(outcome: RunOutcome, output_dir: Path, log_dir: Path) -> int:
+    """Print how a run ended and where its results or logs are; the exit code (0 if
+    Flower reports it completed, else 1)."""
+    print(json.dumps({"run-id": outcome.run_id, "status": outcome.status}))
+    if outcome.status == COMPLETED:
+        latest = output_dir / "latest"
+        print(f"results: {latest.resolve() if latest.exists() else output_dir}")
+        return 0
+    print(
+        f"run {outcome.run_id} did not complete: {outcome.status} {outcome.details}"
+        f"\nlogs in {log_dir}",
+        file=sys.stderr,
+    )
+    return 1

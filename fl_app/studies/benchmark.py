@@ -1,0 +1,399 @@
+r"""Time the app against a single-process loop doing the same SGD steps.
+
+    .venv/bin/python scripts/benchmark.py                # workload W, 10 rounds
+    .venv/bin/python scripts/benchmark.py --clients-per-round 10,50,100 \
+        --num-clients 100,1000,10000                     # a scaling series
+    .venv/bin/python scripts/benchmark.py --deployed     # + the local TLS federation
+
+Workload W: Fashion-MNIST (``/usr/share/datasets/fashion-mnist``), the 2NN, IID,
+E = 1, B = 10, seed 42; by default 100 virtual clients and 10 a round (C = 0.1).
+
+(a) **the app**: ``flwr run`` in Flower's simulation, on a SuperLink this script
+    starts first (so start-up below counts from ``flwr run``, not from the SuperLink);
+(b) **the reference**: one process, one torch thread, the same clients sampled with
+    the same seeds, the same local SGD (``fl_app.training.train``), the same weighted
+    average of ``w_t + delta_k`` in partition order, the same central evaluation.
+
+For both: seconds per steady round (the median of rounds 2..R) and their ratio, the
+time from the command's start to the end of round 1, the whole run, the peak of the
+summed PSS of every process involved (sampled every 0.25 s by psutil, not read off
+RSS), bytes per round down and up (the app's serialized tensors; the reference moves
+none), and the final accuracy (they must agree within 1 point). A table is printed
+and the numbers go to ``<out>/benchmark.json``. Each measurement runs once: time the
+two in one invocation and quote their ratio, since this machine's speed drifts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fl_app.config import RunConfig
+from fl_app.data import IDX_FILES, client_data, find_idx, load_split
+from fl_app.files import write_json
+from fl_app.launch.certs import Certs, ensure
+from fl_app.launch.federation import Federation
+from fl_app.launch.memory import PssSampler
+from fl_app.launch.processes import sigterm_as_interrupt
+from fl_app.launch.simulation import SimulationSuperLink
+from fl_app.model import build_model, get_weights, set_weights
+from fl_app.results import HISTORY_JSON, read_history
+from fl_app.training import evaluate, seeded_generator, train
+
+DATA_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to measure: the flags of ``scripts/benchmark.py``, by the same names."""
+
+    rounds: int = 10
+    num_clients: tuple[int, ...] | list[int] = (100,)
+    max_supernodes: int = 100
+    clients_per_round: tuple[int, ...] | list[int] = (10,)
+    data_dir: str = DATA_DIR
+    cpus_per_client: int = 1
+    deployed: bool = False
+    out: Path = Path("outputs/benchmark")
+
+
+def run(plan: Plan) -> int:
+    """Measure ``plan``; the exit code (0, 1 if a run did not complete, 130 on
+    Ctrl-C or SIGTERM, after every process started is stopped)."""
+    out = plan.out.resolve()
+    try:
+        with sigterm_as_interrupt():
+            measure(plan, out)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process started is stopped", file=sys.stderr)
+        return 130
+    except RuntimeError as error:  # a run that did not complete
+        print(f"benchmark: {error}; logs in {out / 'logs'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def refusal(plan: Plan) -> str | None:
+    """What is wrong with ``plan``, named by its flag, or None: refused before a
+    SuperLink and Ray start, rather than failing after."""
+    if plan.rounds < 2:
+        return "--rounds must be >= 2 (steady rounds are rounds 2..R)"
+    if max(plan.clients_per_round) > min(plan.num_clients):
+        return (
+            f"--clients-per-round {max(plan.clients_per_round)} exceeds "
+            f"--num-clients {min(plan.num_clients)}"
+        )
+    for stem in (*IDX_FILES["train"], *IDX_FILES["test"]):
+        try:
+            find_idx(Path(plan.data_dir), stem)
+        except FileNotFoundError as error:
+            return f"--data-dir: {error}"
+    return None
+
+
+def measure(plan: Plan, out: Path) -> None:
+    """Every (clients, per round) pair: the app, then the reference; the table."""
+    rows = []
+    for clients in plan.num_clients:
+        for per_round in plan.clients_per_round:
+            nodes = clients
+            if plan.max_supernodes:
+                nodes = min(clients, max(per_round, plan.max_supernodes))
+            config = RunConfig(
+                num_server_rounds=plan.rounds,
+                fraction_fit=per_round / clients,
+                num_partitions=clients if nodes < clients else 0,
+                min_available_clients=nodes,
+                dataset="fashion-mnist",
+                data_dir=plan.data_dir,
+                output_dir=str(out / f"runs-{clients}-{per_round}"),
+            )
+            app = run_app(config, nodes, out, plan.cpus_per_client)
+            reference = run_reference(config, clients)
+            row = {"clients": clients, "supernodes": nodes, "per_round": per_round}
+            rows.append({**row, "app": app, "reference": reference})
+            write_json(out / "benchmark.json", rows)
+            print(table(rows), flush=True)
+            peak = sorted(app["pss_mib_at_peak"].items(), key=lambda kv: -kv[1])
+            print(
+                "phases (s from flwr run):",
+                ", ".join(f"{k} {v:.1f}" for k, v in app["phases_s"].items()),
+                "| PSS MiB at the peak:",
+                ", ".join(f"{k} {v:.0f}" for k, v in peak),
+                flush=True,
+            )
+    if plan.deployed:
+        deployed = run_deployed(3, plan.data_dir, out)
+        write_json(out / "deployed.json", deployed)
+        print(
+            "deployed, 3 SuperNodes over TLS: nodes online "
+            f"{deployed['nodes_online_s']:.1f} s, round 1 "
+            f"{deployed['round_1_s']:.1f} s, steady "
+            f"{deployed['steady_round_s']:.1f} s/round (rounds: "
+            + ", ".join(f"{x:.1f}" for x in deployed["round_seconds"])
+            + f"), whole command {deployed['whole_s']:.1f} s, accuracy "
+            f"{100 * deployed['final_accuracy']:.2f}%",
+            flush=True,
+        )
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The rows so far as the Markdown table the README quotes."""
+    lines = [
+        "| clients | SuperNodes | a round | steady s/round app / ref (ratio)"
+        " | to round 1 app / ref | whole run app / ref | peak PSS MiB app / ref"
+        " | MB down / up a round | accuracy app / ref |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        a, r = row["app"], row["reference"]
+        lines.append(
+            f"| {row['clients']} | {row['supernodes']} | {row['per_round']} "
+            f"| {a['steady_round_s']:.2f} / {r['steady_round_s']:.2f} "
+            f"({a['steady_round_s'] / r['steady_round_s']:.2f}) "
+            f"| {a['to_round_1_s']:.1f} / {r['to_round_1_s']:.1f} s "
+            f"| {a['whole_s']:.1f} / {r['whole_s']:.1f} s "
+            f"| {a['peak_pss_mib']:.0f} / {r['peak_pss_mib']:.0f} "
+            f"| {a['bytes_down_per_round'] / 1e6:.2f} / "
+            f"{a['bytes_up_per_round'] / 1e6:.2f} "
+            f"| {100 * a['final_accuracy']:.2f}% / {100 * r['final_accuracy']:.2f}% |"
+        )
+    return "\n".join(lines)
+
+
+def steady(seconds: list[float]) -> float:
+    """The median round time from round 2 on (round 1 also pays for start-up)."""
+    return statistics.median(seconds[1:]) if len(seconds) > 1 else math.nan
+
+
+def run_app(
+    config: RunConfig, num_supernodes: int, out: Path, cpus_per_client: int = 1
+) -> dict[str, Any]:
+    """The app through ``flwr run`` on a SuperLink started beforehand (its start-up
+    is not counted); "whole" ends with the last line the run streams."""
+    keys = ("num-server-rounds", "fraction-fit", "min-available-clients", "dataset")
+    keys += ("data-dir", "seed", "output-dir", "num-partitions")
+    run_config = {key: config.to_flower()[key] for key in keys}
+    log_path = out / "logs" / f"run-{num_supernodes}-{time.time_ns()}.log"
+    phases: dict[str, float] = {}
+    with SimulationSuperLink(out / "logs") as superlink:
+        superlink.start()
+        with PssSampler(include_self=False) as memory:
+            started, stop = time.time(), threading.Event()
+            watch = (log_path, Path(config.output_dir), phases, stop)
+            watcher = threading.Thread(target=_watch, args=watch, daemon=True)
+            watcher.start()
+            try:
+                outcome = superlink.run(
+                    run_config,
+                    num_supernodes=num_supernodes,
+                    cpus_per_client=cpus_per_client,
+                    log_path=log_path,
+                )
+            finally:
+                stop.set()
+                watcher.join()
+    if not outcome.completed or outcome.run_dir is None:
+        raise RuntimeError(f"run {outcome.run_id}: {outcome.status} {outcome.details}")
+    whole = log_path.stat().st_mtime - started
+    rows = read_history(outcome.run_dir)
+    to_round_1 = phases.pop(ROUND_1, math.nan)
+    return {
+        "steady_round_s": steady([r["round_seconds"] for r in rows[1:]]),
+        "to_round_1_s": to_round_1,
+        "whole_s": whole,
+        "peak_pss_mib": memory.peak / 2**20,
+        "pss_mib_at_peak": {k: v / 2**20 for k, v in memory.at_peak.items()},
+        "phases_s": phases,
+        "bytes_down_per_round": statistics.mean(r["bytes_sent"] for r in rows[1:]),
+        "bytes_up_per_round": statistics.mean(r["bytes_received"] for r in rows[1:]),
+        "final_accuracy": rows[-1]["test_accuracy"],
+    }
+
+
+#: Phases of a run, as the ``flwr run`` log shows them (the first line with each).
+PHASES = {
+    "run accepted": "Starting logstream",
+    "ServerApp built": "results of this run go to",
+    "initial evaluation done": "round 0/",
+    "round 1 sent": "configure_fit: strategy sampled",
+    "round 1 replies in": "aggregate_fit: received",
+    "round 1 done": "round 1/",
+}
+ROUND_1 = "round 1 in history.json"
+
+
+def _watch(
+    log: Path, output_dir: Path, found: dict[str, float], stop: threading.Event
+) -> None:
+    """When (s from now) each of ``PHASES`` first appears in the streamed log, and
+    round 1's row reaches history.json (``ROUND_1``: the run writes it then), to
+    50 ms; until all are seen or ``stop`` is set."""
+    started = time.monotonic()
+    while len(found) <= len(PHASES):
+        now = time.monotonic() - started
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        for phase, marker in PHASES.items():
+            if phase not in found and marker in text:
+                found[phase] = now
+        histories = output_dir.glob(f"*/{HISTORY_JSON}")
+        if ROUND_1 not in found and any(_rows(path) >= 2 for path in histories):
+            found[ROUND_1] = now
+        if stop.wait(0.05):
+            return
+
+
+def _rows(history: Path) -> int:
+    """Rows in a history.json being written: 0 while it is unreadable."""
+    try:
+        return len(json.loads(history.read_text()))
+    except (OSError, ValueError):
+        return 0
+
+
+def run_reference(
+    config: RunConfig, num_clients: int, accuracies: list[float] | None = None
+) -> dict[str, Any]:
+    """FedAvg in one process, one thread: the app's sampling, training, averaging.
+    ``accuracies`` (if given) receives the test accuracy after each round."""
+    import torch
+
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    with PssSampler(include_self=True) as memory:
+        test = load_split(config.dataset, config.data_dir, "test")
+        model = build_model(config.model, seed=config.seed)
+        weights = get_weights(model)
+        per_client = max(config.min_fit_clients, int(num_clients * config.fraction_fit))
+        seconds, round_1_done = [], math.nan
+        for server_round in range(1, config.num_server_rounds + 1):
+            round_started = time.monotonic()
+            rng = np.random.default_rng([config.seed, server_round, 0])
+            chosen = np.sort(rng.choice(num_clients, size=per_client, replace=False))
+            total, summed = 0, [np.zeros_like(w, dtype=np.float32) for w in weights]
+            for pid in chosen.tolist():
+                data, _ = client_data(
+                    config.dataset,
+                    config.data_dir,
+                    config.partitioner,
+                    pid,
+                    num_clients,
+                    alpha=config.dirichlet_alpha,
+                    val_fraction=config.val_fraction,
+                    seed=config.seed,
+                )
+                set_weights(model, weights)
+                train(
+                    model,
+                    data,
+                    epochs=config.local_epochs,
+                    batch_size=config.batch_size,
+                    lr=config.learning_rate,
+                    generator=seeded_generator(config.seed, server_round, pid),
+                )
+                for s, new, old in zip(
+                    summed, get_weights(model), weights, strict=True
+                ):
+                    s += len(data) * (old + (new - old))
+                total += len(data)
+            weights = [(s / total).astype(np.float32) for s in summed]
+            set_weights(model, weights)
+            if accuracies is None:
+                evaluate(model, test)
+            else:
+                accuracies.append(evaluate(model, test)[1])
+            seconds.append(time.monotonic() - round_started)
+            if server_round == 1:
+                round_1_done = time.monotonic() - started
+        accuracy = evaluate(model, test)[1]
+    return {
+        "steady_round_s": steady(seconds),
+        "to_round_1_s": round_1_done,
+        "whole_s": time.monotonic() - started,
+        "peak_pss_mib": memory.peak / 2**20,
+        "bytes_down_per_round": 0,
+        "bytes_up_per_round": 0,
+        "final_accuracy": accuracy,
+    }
+
+
+def run_deployed(rounds: int, data_dir: str, out: Path) -> dict[str, Any]:
+    """The local TLS federation (SuperLink + 3 SuperNodes, node authentication, a
+    third of the training set each), timed from the SuperLink's start."""
+    with tempfile.TemporaryDirectory(prefix="fl-bench-deploy-") as tmp:
+        certs = Certs(Path(tmp) / "certs")
+        ensure(certs.directory, num_supernodes=3)
+        started = time.monotonic()
+        with Federation(certs, out / "federation") as federation:
+            federation.start(3, connect_timeout=120)
+            online = time.monotonic() - started
+            result = federation.run(
+                {
+                    "num-server-rounds": rounds,
+                    "fraction-fit": 1.0,
+                    "min-available-clients": 3,
+                    "dataset": "fashion-mnist",
+                    "data-dir": data_dir,
+                    "output-dir": str(out / "runs-deployed"),
+                }
+            )
+            whole = time.monotonic() - started
+    if not result.completed or result.run_dir is None:
+        raise RuntimeError(f"deployed run: {result.status} {result.details}")
+    rows = read_history(result.run_dir)
+    seconds = [r["round_seconds"] for r in rows[1:]]
+    return {
+        "nodes_online_s": online,
+        "round_1_s": seconds[0],
+        "steady_round_s": steady(seconds),
+        "round_seconds": seconds,
+        "whole_s": whole,
+        "final_accuracy": rows[-1]["test_accuracy"],
+    }
+
+
+def reference_in_fresh_process(
+    env: Mapping[str, str], rounds: int, data_dir: str
+) -> dict[str, Any]:
+    """Workload W's reference loop (100 clients) in a new Python with ``env`` added,
+    since torch reads kernel settings (``MKL_CBWR``, ...) once, when it loads: the
+    loop's seconds and the test accuracy after each round."""
+    code = "from fl_app.studies.benchmark import report_reference as report\n"
+    code += f"report({rounds}, {data_dir!r})"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def report_reference(rounds: int, data_dir: str) -> None:
+    """The fresh process's side of ``reference_in_fresh_process``: a JSON line."""
+    config = RunConfig(
+        num_server_rounds=rounds,
+        dataset="fashion-mnist",
+        data_dir=data_dir,
+        min_available_clients=100,
+    )
+    accuracies: list[float] = []
+    started = time.monotonic()
+    run_reference(config, 100, accuracies)
+    print(json.dumps({"seconds": time.monotonic() - started, "accuracy": accuracies}))
