@@ -1,42 +1,45 @@
-"""scripts/compression_study.py without Flower: its codecs, run names and configs,
-the table and the goals from made-up histories, the option checks, and one whole
-study with a fake runner whose replies shrink as the scheme compresses."""
+"""The compression study (fl_app/studies/compression.py and its numbers) without
+Flower: its codecs, run names and configs, the table and the goals from made-up
+histories, the option checks, and one whole study with a fake runner whose replies
+shrink as the scheme compresses."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
 import tomllib
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 import fl_app.config
+from fl_app.compression import SCHEMES
 from fl_app.config import RunConfig
-from tests.test_study import PNG, SCRIPTS, with_fake
+from fl_app.studies import compression as study
+from fl_app.studies.compression_numbers import (
+    PARTITIONERS,
+    Goal,
+    Variant,
+    cumulative_upload,
+    goals,
+    meets,
+    points_text,
+    ratio_text,
+    run_name,
+    size_text,
+    study_table,
+    summarize,
+    upload_per_round,
+    variants,
+    verdicts,
+)
+from tests.test_study import PNG, ROOT
 
-PYPROJECT = SCRIPTS.parent / "pyproject.toml"
+PYPROJECT = ROOT / "pyproject.toml"
 X = "\N{MULTIPLICATION SIGN}"
 
 
-def load_compression_study() -> ModuleType:
-    """The script as a module, registered in ``sys.modules`` (its dataclasses look
-    their module up there)."""
-    name = "compression_study"
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-study = load_compression_study()
-Variant = study.Variant
 DEFAULT_KEYS = ["none", "fp16", "int8", "topk-0.01", "sign"]
 
 
@@ -84,17 +87,13 @@ def pyproject_keys() -> set[str]:
 
 # --------------------------------------------------------------------- codecs
 def test_the_codecs_and_their_run_names() -> None:
-    codecs = study.variants(study.SCHEMES, [0.01])
+    codecs = variants(SCHEMES, [0.01])
     assert [v.key for v in codecs] == DEFAULT_KEYS
     assert [v.scheme for v in codecs] == ["none", "fp16", "int8", "topk", "sign"]
     assert [v.topk_fraction for v in codecs] == [None, None, None, 0.01, None]
-    two = study.variants(["none", "topk", "sign"], [0.01, 0.1])
+    two = variants(["none", "topk", "sign"], [0.01, 0.1])
     assert [v.key for v in two] == ["none", "topk-0.01", "topk-0.1", "sign"]
-    names = [
-        study.run_name(v, p)
-        for p in study.PARTITIONERS
-        for v in study.variants(study.SCHEMES, [0.01])
-    ]
+    names = [run_name(v, p) for p in PARTITIONERS for v in variants(SCHEMES, [0.01])]
     assert names[0] == "none-iid" and names[-1] == "sign-dirichlet"
     assert "topk-0.01-dirichlet" in names
     assert len(set(names)) == 10
@@ -136,8 +135,8 @@ def all_configs(mnist_dir: Path) -> list[dict[str, Any]]:
     args = study.parse_args(argv_for(mnist_dir, "--topk-fractions", "0.01,0.1"))
     return [
         study.run_config(args, v, p)
-        for p in study.PARTITIONERS
-        for v in study.variants(args.schemes, args.topk_fractions)
+        for p in PARTITIONERS
+        for v in variants(args.schemes, args.topk_fractions)
     ]
 
 
@@ -192,18 +191,18 @@ def fake_histories() -> dict[str, list[dict[str, Any]]]:
     }
 
 
-CODECS = study.variants(study.SCHEMES, [0.01])
+CODECS = variants(SCHEMES, [0.01])
 
 
 def test_upload_is_the_mean_over_the_training_rounds() -> None:
     rows = history([0.1, 0.5, 0.7, 0.8], [999.0, 100.0, 200.0, 600.0])
-    assert study.upload_per_round(rows) == 300.0  # round 0 left out
-    assert study.upload_per_round(rows[:1]) is None
-    assert study.cumulative_upload(rows) == [(100.0, 0.5), (300.0, 0.7), (900.0, 0.8)]
+    assert upload_per_round(rows) == 300.0  # round 0 left out
+    assert upload_per_round(rows[:1]) is None
+    assert cumulative_upload(rows) == [(100.0, 0.5), (300.0, 0.7), (900.0, 0.8)]
 
 
 def test_ratios_and_points_against_none() -> None:
-    numbers = study.summarize(CODECS, study.PARTITIONERS, fake_histories())
+    numbers = summarize(CODECS, PARTITIONERS, fake_histories())
     iid, dirichlet = numbers["iid"], numbers["dirichlet"]
     assert iid["none"]["upload_bytes_per_round"] == pytest.approx(8e6)
     assert iid["none"]["upload_ratio"] == pytest.approx(1.0)
@@ -217,7 +216,7 @@ def test_ratios_and_points_against_none() -> None:
     assert dirichlet["int8"]["upload_ratio"] == pytest.approx(8 / 2.02)
     assert dirichlet["topk-0.01"]["accuracy_change_points"] == -2.5
     # A run not there (yet): None everywhere, and no ratio against a missing none.
-    partial = study.summarize(CODECS, ["iid"], {"int8-iid": history([0.1, 0.8], 2e6)})
+    partial = summarize(CODECS, ["iid"], {"int8-iid": history([0.1, 0.8], 2e6)})
     assert partial["iid"]["none"]["final_accuracy"] is None
     assert partial["iid"]["int8"]["upload_ratio"] is None
     assert partial["iid"]["int8"]["accuracy_change_points"] is None
@@ -227,8 +226,8 @@ def test_ratios_and_points_against_none() -> None:
 def test_the_table_from_fake_histories() -> None:
     histories = fake_histories()
     del histories["sign-dirichlet"]  # not run yet
-    numbers = study.summarize(CODECS, study.PARTITIONERS, histories)
-    lines = study.study_table(CODECS, study.PARTITIONERS, numbers).splitlines()
+    numbers = summarize(CODECS, PARTITIONERS, histories)
+    lines = study_table(CODECS, PARTITIONERS, numbers).splitlines()
     assert lines[0] == (
         "| scheme | IID: upload per round | IID: fewer bytes than none "
         "| IID: final accuracy | IID: accuracy vs none (points) "
@@ -252,17 +251,17 @@ def test_the_table_from_fake_histories() -> None:
 
 
 def test_small_formats() -> None:
-    assert study.size_text(7_968_400) == "7.97 MB"
-    assert study.size_text(159_400) == "159.4 kB"
-    assert study.size_text(812) == "812 B"
-    assert study.size_text(None) is None
-    assert study.ratio_text(3.996) == f"4.00{X}"
-    assert study.ratio_text(3.994) == f"3.99{X}"
-    assert study.ratio_text(31.94) == f"31.9{X}"
-    assert study.ratio_text(203.4) == f"203{X}"
-    assert study.points_text(-0.8) == "-0.80"
-    assert study.points_text(0.31) == "+0.31"
-    assert study.points_text(0.0) == "+0.00"
+    assert size_text(7_968_400) == "7.97 MB"
+    assert size_text(159_400) == "159.4 kB"
+    assert size_text(812) == "812 B"
+    assert size_text(None) is None
+    assert ratio_text(3.996) == f"4.00{X}"
+    assert ratio_text(3.994) == f"3.99{X}"
+    assert ratio_text(31.94) == f"31.9{X}"
+    assert ratio_text(203.4) == f"203{X}"
+    assert points_text(-0.8) == "-0.80"
+    assert points_text(0.31) == "+0.31"
+    assert points_text(0.0) == "+0.00"
 
 
 def entry(ratio: float | None, change: float | None) -> dict[str, Any]:
@@ -274,15 +273,15 @@ def entry(ratio: float | None, change: float | None) -> dict[str, Any]:
 
 
 def test_a_goal_counts_ratio_and_points_at_their_bounds() -> None:
-    goal = study.Goal(4.0, 1.0)
-    assert study.meets(entry(4.0, -1.0), goal)  # both bounds included
-    assert study.meets(entry(50.0, +0.5), goal)  # a gain is no loss
-    assert not study.meets(entry(3.99, 0.0), goal)
-    assert not study.meets(entry(10.0, -1.01), goal)
-    assert not study.meets(entry(None, 0.0), goal)
-    assert not study.meets(entry(10.0, None), goal)
+    goal = Goal(4.0, 1.0)
+    assert meets(entry(4.0, -1.0), goal)  # both bounds included
+    assert meets(entry(50.0, +0.5), goal)  # a gain is no loss
+    assert not meets(entry(3.99, 0.0), goal)
+    assert not meets(entry(10.0, -1.01), goal)
+    assert not meets(entry(None, 0.0), goal)
+    assert not meets(entry(10.0, None), goal)
     # -1.0000000000000009 points of float noise is one point.
-    numbers = study.summarize(
+    numbers = summarize(
         [Variant("none"), Variant("int8")],
         ["iid"],
         {
@@ -291,12 +290,12 @@ def test_a_goal_counts_ratio_and_points_at_their_bounds() -> None:
         },
     )
     assert numbers["iid"]["int8"]["accuracy_change_points"] == -1.0
-    assert study.meets(numbers["iid"]["int8"], goal)
+    assert meets(numbers["iid"]["int8"], goal)
 
 
 def test_goals_met_not_met_and_open() -> None:
-    numbers = study.summarize(CODECS, study.PARTITIONERS, fake_histories())
-    checked = study.goals(numbers)
+    numbers = summarize(CODECS, PARTITIONERS, fake_histories())
+    checked = goals(numbers)
     four, twenty = checked["iid"]
     assert (four["ratio"], four["points"]) == (4.0, 1.0)
     assert four["met"] is True
@@ -310,22 +309,22 @@ def test_goals_met_not_met_and_open() -> None:
 
     histories = fake_histories()
     del histories["sign-dirichlet"]
-    still = study.goals(study.summarize(CODECS, study.PARTITIONERS, histories))
+    still = goals(summarize(CODECS, PARTITIONERS, histories))
     assert [g["met"] for g in still["dirichlet"]] == [None, None]  # sign may yet
     assert [g["met"] for g in still["iid"]] == [True, True]
     histories = fake_histories()
     del histories["none-dirichlet"]  # no baseline: nothing to compare against
-    no_base = study.goals(study.summarize(CODECS, study.PARTITIONERS, histories))
+    no_base = goals(summarize(CODECS, PARTITIONERS, histories))
     assert [g["met"] for g in no_base["dirichlet"]] == [None, None]
-    only_none = study.goals(
-        study.summarize([Variant("none")], ["iid"], {"none-iid": history([0.1], 1)})
+    only_none = goals(
+        summarize([Variant("none")], ["iid"], {"none-iid": history([0.1], 1)})
     )
     assert [g["met"] for g in only_none["iid"]] == [None, None]
 
 
 def test_verdict_lines() -> None:
-    numbers = study.summarize(CODECS, study.PARTITIONERS, fake_histories())
-    lines = study.verdicts(numbers, study.goals(numbers))
+    numbers = summarize(CODECS, PARTITIONERS, fake_histories())
+    lines = verdicts(numbers, goals(numbers))
     assert lines[0] == (
         f"Goals: ≥ 4{X} fewer upload bytes than none with ≤ 1 point of final "
         f"accuracy lost (some scheme), and ≥ 20{X} fewer upload bytes than none "
@@ -348,8 +347,8 @@ def test_verdict_lines() -> None:
 
     histories = fake_histories()
     del histories["sign-dirichlet"]
-    numbers = study.summarize(CODECS, study.PARTITIONERS, histories)
-    lines = study.verdicts(numbers, study.goals(numbers))
+    numbers = summarize(CODECS, PARTITIONERS, histories)
+    lines = verdicts(numbers, goals(numbers))
     assert lines[0].endswith("met on IID; open on Dirichlet (runs missing).")
     assert lines[4].endswith(
         "lost: open (runs missing); highest ratio within 2 points: int8 "
@@ -498,7 +497,6 @@ def test_a_whole_study_writes_its_report_and_resumes(
         "--topk-fractions", "0.01,0.1", "--out", str(out),
     )  # fmt: skip
     runner = CompressionRunner()
-    with_fake(monkeypatch, study, runner)
     # The report is redrawn after every run; matplotlib takes most of a second a
     # plot, so the study's plots are recorded and only the last one drawn.
     plot = study.plot_upload_curves
@@ -506,7 +504,7 @@ def test_a_whole_study_writes_its_report_and_resumes(
     monkeypatch.setattr(
         study, "plot_upload_curves", lambda *a, **k: plots.append((a, k))
     )
-    assert study.main(argv) == 0
+    assert study.main(argv, runner=runner) == 0
     assert len(plots) == 13  # after each run, and once at the end
     (path, panels), options = plots[-1]
     assert path == out.resolve() / "compression.png"
@@ -569,7 +567,6 @@ def test_a_whole_study_writes_its_report_and_resumes(
     assert numbers["config"]["compression"]["scheme"] == "none"
 
     again = CompressionRunner()
-    with_fake(monkeypatch, study, again)
-    assert study.main(argv) == 0
+    assert study.main(argv, runner=again) == 0
     assert again.calls == []
     assert "12 of them reused" in (out / "compression.md").read_text()

@@ -1,38 +1,23 @@
-"""scripts/reproduce_mcmahan.py without Flower: its settings, run names and configs,
-the table from made-up histories, the option checks, and one whole study with a
-fake runner that stops at ``stop-at-accuracy`` as the ServerApp does."""
+"""The McMahan study (fl_app/studies/mcmahan.py and its table) without Flower: its
+settings, run names and configs, the table from made-up histories, the option
+checks, and one whole study with a fake runner that stops at ``stop-at-accuracy``
+as the ServerApp does."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from fl_app.config import RunConfig
-from tests.test_study import PNG, SCRIPTS, rows_of, with_fake
+from fl_app.studies import mcmahan, mcmahan_table
+from fl_app.studies.mcmahan_table import Outcome
+from tests.test_study import PNG, rows_of
 
-
-def load_mcmahan() -> ModuleType:
-    """The script as a module, registered in ``sys.modules`` (its dataclasses look
-    their module up there; ``tests.test_study.load_script`` does not register)."""
-    name = "reproduce_mcmahan"
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-mcmahan = load_mcmahan()
-Outcome = mcmahan.Outcome
 X = "\N{MULTIPLICATION SIGN}"
 
 
@@ -42,7 +27,7 @@ def argv_for(data_dir: Path, *extra: str) -> list[str]:
 
 # --------------------------------------------------------------------- settings
 def test_the_settings_are_the_protocols_in_the_papers_order() -> None:
-    pairs = [(s.key, s.epochs, s.batch_size) for s in mcmahan.SETTINGS]
+    pairs = [(s.key, s.epochs, s.batch_size) for s in mcmahan_table.SETTINGS]
     assert pairs == [
         ("fedsgd", 1, 0),
         ("e1-b50", 1, 50),
@@ -51,19 +36,21 @@ def test_the_settings_are_the_protocols_in_the_papers_order() -> None:
         ("e5-b10", 5, 10),
         ("e20-b10", 20, 10),
     ]
-    fedsgd, *fedavg = mcmahan.SETTINGS
+    fedsgd, *fedavg = mcmahan_table.SETTINGS
     assert fedsgd.fedsgd and fedsgd.label == "FedSGD" and fedsgd.batch_text == "∞"
     assert not any(s.fedsgd for s in fedavg)
     assert fedavg[3].label == "FedAvg E=5 B=10"
     # u = E n / B with n = 600, ordered as the paper orders its rows.
-    u = [s.updates_per_round(600) for s in mcmahan.SETTINGS]
+    u = [s.updates_per_round(600) for s in mcmahan_table.SETTINGS]
     assert u == [1, 12, 60, 60, 300, 1200]
     assert u == sorted(u)
 
 
 def test_run_names_are_plain_and_distinct() -> None:
     names = [
-        mcmahan.run_name(s, p) for p in mcmahan.PARTITIONERS for s in mcmahan.SETTINGS
+        mcmahan_table.run_name(s, p)
+        for p in mcmahan_table.PARTITIONERS
+        for s in mcmahan_table.SETTINGS
     ]
     assert names[0] == "fedsgd-iid" and names[-1] == "e20-b10-shards"
     assert "e5-b10-shards" in names
@@ -75,8 +62,8 @@ def test_run_config_is_a_valid_app_config(mnist_dir: Path) -> None:
     args = mcmahan.parse_args(
         argv_for(mnist_dir, "--num-supernodes", "20", "--target", "0.9")
     )
-    fedsgd = mcmahan.run_config(args, mcmahan.BY_KEY["fedsgd"], "shards")
-    fedavg = mcmahan.run_config(args, mcmahan.BY_KEY["e5-b10"], "iid")
+    fedsgd = mcmahan.run_config(args, mcmahan_table.BY_KEY["fedsgd"], "shards")
+    fedavg = mcmahan.run_config(args, mcmahan_table.BY_KEY["e5-b10"], "iid")
     assert fedsgd["batch-size"] == 0 and fedsgd["local-epochs"] == 1
     assert fedsgd["learning-rate"] == 0.5 and fedsgd["num-server-rounds"] == 300
     assert fedavg["batch-size"] == 10 and fedavg["local-epochs"] == 5
@@ -104,18 +91,18 @@ def test_outcome_counts_from_round_one_and_knows_the_cap() -> None:
 
 
 def test_speed_up_and_its_bounds() -> None:
-    assert mcmahan.speed_up(Outcome(123, 123), Outcome(10, 10)) == f"12.3{X}"
+    assert mcmahan_table.speed_up(Outcome(123, 123), Outcome(10, 10)) == f"12.3{X}"
     # FedAvg did not reach it in 5 rounds: it takes more, the speed-up is less.
-    assert mcmahan.speed_up(Outcome(10, 10), Outcome(None, 5)) == f"< 2.0{X}"
+    assert mcmahan_table.speed_up(Outcome(10, 10), Outcome(None, 5)) == f"< 2.0{X}"
     # FedSGD did not reach it in 300: the speed-up is more than 300 / 20.
-    assert mcmahan.speed_up(Outcome(None, 300), Outcome(20, 20)) == f"> 15.0{X}"
-    assert mcmahan.speed_up(Outcome(None, 300), Outcome(None, 100)) is None
-    assert mcmahan.speed_up(None, Outcome(2, 2)) is None
-    assert mcmahan.speed_up(Outcome(2, 2), None) is None
+    assert mcmahan_table.speed_up(Outcome(None, 300), Outcome(20, 20)) == f"> 15.0{X}"
+    assert mcmahan_table.speed_up(Outcome(None, 300), Outcome(None, 100)) is None
+    assert mcmahan_table.speed_up(None, Outcome(2, 2)) is None
+    assert mcmahan_table.speed_up(Outcome(2, 2), None) is None
 
 
 def test_study_table_from_fake_histories() -> None:
-    settings = [mcmahan.BY_KEY[k] for k in ("fedsgd", "e1-b10", "e20-b10")]
+    settings = [mcmahan_table.BY_KEY[k] for k in ("fedsgd", "e1-b10", "e20-b10")]
     ramp = [0.101 + 0.005 * r for r in range(150)]  # 0.751 at round 130
     histories = {
         "fedsgd-iid": rows_of(ramp[:131]),
@@ -125,7 +112,7 @@ def test_study_table_from_fake_histories() -> None:
         "e1-b10-shards": rows_of([0.1, *[0.6] * 8, 0.75]),
         # e20-b10-shards: not run yet
     }
-    table = mcmahan.study_table(
+    table = mcmahan_table.study_table(
         settings,
         ["iid", "shards"],
         histories,
@@ -147,13 +134,13 @@ def test_study_table_from_fake_histories() -> None:
 
 
 def test_paper_table_gives_only_checked_numbers() -> None:
-    table = mcmahan.paper_table(mcmahan.SETTINGS)
+    table = mcmahan_table.paper_table(mcmahan_table.SETTINGS)
     lines = table.splitlines()
     assert lines[2] == "| FedSGD | 1 | ∞ | 1 | 1474 | 1796 | Table 1, C = 0.1 |"
     assert lines[4] == (
         f"| FedAvg | 1 | 10 | 60 | 87 (16.9{X}) | 664 (2.7{X}) | Table 1, C = 0.1 |"
     )
-    if mcmahan.PAPER_2NN_TABLE4 is None:  # not checked yet: TODO, not a guess
+    if mcmahan_table.PAPER_2NN_TABLE4 is None:  # not checked yet: TODO, not a guess
         assert sum("TODO" in line for line in lines) == 4
 
 
@@ -161,7 +148,7 @@ def test_paper_table_gives_only_checked_numbers() -> None:
 def test_default_target_follows_the_dataset(mnist_dir: Path) -> None:
     args = mcmahan.parse_args(argv_for(mnist_dir))
     assert args.target == 0.97
-    assert args.settings == [s.key for s in mcmahan.SETTINGS]
+    assert args.settings == [s.key for s in mcmahan_table.SETTINGS]
     assert args.partitioners == ["iid", "shards"]
     assert args.data_dir == str(mnist_dir.resolve())
     fashion = mcmahan.parse_args(
@@ -245,17 +232,14 @@ def fake_curve(config: dict[str, Any]) -> list[float]:
     return [min(0.99, 0.1 + step * r) for r in range(config["num-server-rounds"] + 1)]
 
 
-def run_main(
-    module: ModuleType, monkeypatch: pytest.MonkeyPatch, argv: list[str]
-) -> StoppingRunner:
+def run_main(argv: list[str]) -> StoppingRunner:
     runner = StoppingRunner(fake_curve)
-    with_fake(monkeypatch, module, runner)
-    assert module.main(argv) == 0
+    assert mcmahan.main(argv, runner=runner) == 0
     return runner
 
 
 def test_a_whole_study_writes_its_report_and_resumes(
-    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mnist_dir: Path
 ) -> None:
     out = tmp_path / "out"
     argv = argv_for(
@@ -263,7 +247,7 @@ def test_a_whole_study_writes_its_report_and_resumes(
         "--target", "0.6", "--max-rounds", "5", "--max-rounds-fedsgd", "30",
         "--out", str(out),
     )  # fmt: skip
-    runner = run_main(mcmahan, monkeypatch, argv)
+    runner = run_main(argv)
     assert [(c["batch-size"], c["partitioner"]) for c in runner.calls] == [
         (0, "iid"), (10, "iid"), (0, "shards"), (10, "shards"),
     ]  # fmt: skip
@@ -295,13 +279,13 @@ def test_a_whole_study_writes_its_report_and_resumes(
         1474, 1796,
     ]  # fmt: skip
 
-    again = run_main(mcmahan, monkeypatch, argv)
+    again = run_main(argv)
     assert again.calls == []
     assert "4 of them reused" in (out / "mcmahan.md").read_text()
 
 
 def test_another_dataset_is_flagged_in_the_report(
-    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mnist_dir: Path
 ) -> None:
     out = tmp_path / "out"
     argv = [
@@ -309,7 +293,7 @@ def test_another_dataset_is_flagged_in_the_report(
         "--settings", "e20-b10", "--partitioners", "iid", "--max-rounds", "3",
         "--out", str(out),
     ]  # fmt: skip
-    runner = run_main(mcmahan, monkeypatch, argv)
+    runner = run_main(argv)
     assert [c["stop-at-accuracy"] for c in runner.calls] == [0.75]
     report = (out / "mcmahan.md").read_text()
     assert "not MNIST, to 75%, not 97%" in report

@@ -1,24 +1,21 @@
-"""fl_app/study.py and the study scripts, without Flower: a fake runner stands in for
+"""The study driver (fl_app/studies/driver.py), the report helpers, and the
+comparison and attack studies, without Flower: a fake runner stands in for
 ``flwr run`` and writes the run folder a ServerApp would."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib.util
 import io
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from fl_app.config import RunConfig
-from fl_app.studies.driver import (
-    MARKER,
-    Study,
-    StudyError,
+from fl_app.studies import attacks, compare
+from fl_app.studies.driver import MARKER, RunStore, StudyError
+from fl_app.studies.report import (
     markdown_table,
     mean_per_round,
     percent,
@@ -26,7 +23,7 @@ from fl_app.studies.driver import (
     rounds_to_target,
 )
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -85,7 +82,7 @@ def test_plot_curves_writes_a_png(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["curves.png"]  # no temp file
 
 
-# --------------------------------------------------------------------- Study
+# --------------------------------------------------------------------- RunStore
 class FakeRunner:
     """Writes what the ServerApp writes: ``<output-dir>/<stamp>-run<id>/`` with
     history.json and config.json. Accuracy comes from ``accuracy(run_config)``."""
@@ -131,7 +128,7 @@ def test_study_runs_once_then_skips_the_finished_run(tmp_path: Path) -> None:
     runner = FakeRunner()
     config = {"num-server-rounds": 3, "strategy": "fedavg"}
     out = io.StringIO()
-    with Study(tmp_path, total=2, runner=runner, stream=out) as study:
+    with RunStore(tmp_path, total=2, runner=runner, stream=out) as study:
         rows = study.run("fedavg-iid", config, 10, label="fedavg iid")
         study.run("median-iid", {**config, "strategy": "median"}, 10)
     assert len(runner.calls) == 2
@@ -146,7 +143,7 @@ def test_study_runs_once_then_skips_the_finished_run(tmp_path: Path) -> None:
     # Run again (as a resumed study would): nothing runs, the same rows come back.
     again = FakeRunner()
     out = io.StringIO()
-    with Study(tmp_path, total=2, runner=again, stream=out) as study:
+    with RunStore(tmp_path, total=2, runner=again, stream=out) as study:
         assert study.run("fedavg-iid", config, 10) == rows
         assert study.results["fedavg-iid"].skipped
         assert study.results["fedavg-iid"].config["strategy"] == "fedavg"
@@ -156,13 +153,13 @@ def test_study_runs_once_then_skips_the_finished_run(tmp_path: Path) -> None:
 
 def test_a_failed_run_keeps_nothing_and_runs_again_next_time(tmp_path: Path) -> None:
     config = {"num-server-rounds": 2, "strategy": "krum"}
-    with Study(tmp_path, runner=FakeRunner(fail={"krum"})) as study:
+    with RunStore(tmp_path, runner=FakeRunner(fail={"krum"})) as study:
         with pytest.raises(StudyError, match="finished:failed"):
             study.run("krum-iid", config, 10)
     assert not (tmp_path / "runs" / "krum-iid").exists()
 
     runner = FakeRunner()
-    with Study(tmp_path, runner=runner, stream=io.StringIO()) as study:
+    with RunStore(tmp_path, runner=runner, stream=io.StringIO()) as study:
         study.run("krum-iid", config, 10)
     assert len(runner.calls) == 1
     assert (tmp_path / "runs" / "krum-iid" / MARKER).exists()
@@ -170,10 +167,10 @@ def test_a_failed_run_keeps_nothing_and_runs_again_next_time(tmp_path: Path) -> 
 
 def test_another_configuration_under_the_same_name_is_refused(tmp_path: Path) -> None:
     config = {"num-server-rounds": 2, "strategy": "fedavg"}
-    with Study(tmp_path, runner=FakeRunner(), stream=io.StringIO()) as study:
+    with RunStore(tmp_path, runner=FakeRunner(), stream=io.StringIO()) as study:
         study.run("fedavg-iid", config, 10)
     runner = FakeRunner()
-    with Study(tmp_path, runner=runner) as study:
+    with RunStore(tmp_path, runner=runner) as study:
         with pytest.raises(StudyError, match="num-server-rounds: 2 there, 5 now"):
             study.run("fedavg-iid", {**config, "num-server-rounds": 5}, 10)
         with pytest.raises(StudyError, match="num_supernodes"):
@@ -181,8 +178,8 @@ def test_another_configuration_under_the_same_name_is_refused(tmp_path: Path) ->
     assert runner.calls == []
 
 
-def test_study_needs_its_context_and_plain_names(tmp_path: Path) -> None:
-    study = Study(tmp_path, runner=FakeRunner())
+def test_the_store_needs_its_context_and_plain_names(tmp_path: Path) -> None:
+    study = RunStore(tmp_path, runner=FakeRunner())
     with pytest.raises(RuntimeError, match="context manager"):
         study.run("fedavg-iid", {}, 10)
     with study, pytest.raises(ValueError, match="plain folder name"):
@@ -190,40 +187,24 @@ def test_study_needs_its_context_and_plain_names(tmp_path: Path) -> None:
 
 
 def test_two_studies_cannot_share_a_folder(tmp_path: Path) -> None:
-    with Study(tmp_path, runner=FakeRunner()):
+    with RunStore(tmp_path, runner=FakeRunner()):
         with pytest.raises(StudyError, match="another study"):
-            with Study(tmp_path, runner=FakeRunner()):
+            with RunStore(tmp_path, runner=FakeRunner()):
                 pass
 
 
-# --------------------------------------------------------------------- the scripts
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def with_fake(
-    monkeypatch: pytest.MonkeyPatch, module: ModuleType, runner: FakeRunner
-) -> None:
-    monkeypatch.setattr(module, "Study", functools.partial(Study, runner=runner))
-
-
+# --------------------------------------------------------------------- the studies
 def test_compare_strategies_writes_its_report_and_resumes(
-    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mnist_dir: Path
 ) -> None:
-    module = load_script("compare_strategies")
     finals = {("fedavg", "iid"): 0.85, ("fedavg", "shards"): 0.72}
     runner = FakeRunner(lambda c: finals.get((c["strategy"], c["partitioner"]), 0.6))
-    with_fake(monkeypatch, module, runner)
     argv = [
         "--rounds", "4", "--strategies", "fedavg,median", "--num-supernodes", "20",
         "--out", str(tmp_path / "out"), "--dataset", "mnist",
         "--data-dir", str(mnist_dir),
     ]  # fmt: skip
-    assert module.main(argv) == 0
+    assert compare.main(argv, runner=runner) == 0
     assert len(runner.calls) == 4
     assert {c["min-available-clients"] for c in runner.calls} == {20}
     report = (tmp_path / "out" / "compare.md").read_text()
@@ -237,20 +218,65 @@ def test_compare_strategies_writes_its_report_and_resumes(
     assert numbers["targets"] == {"iid": 0.8, "shards": 0.7}
 
     again = FakeRunner()
-    with_fake(monkeypatch, module, again)
-    assert module.main(argv) == 0
+    assert compare.main(argv, runner=again) == 0
     assert again.calls == []
     assert "4 of them reused" in (tmp_path / "out" / "compare.md").read_text()
 
 
-def test_attack_study_reports_drops_and_verdicts(
-    tmp_path: Path,
-    mnist_dir: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    module = load_script("attack_study")
+def small_comparison(tmp_path: Path, mnist_dir: Path) -> list[str]:
+    return [
+        "--rounds", "2", "--strategies", "fedavg,median", "--num-supernodes", "10",
+        "--out", str(tmp_path / "out"), "--dataset", "mnist",
+        "--data-dir", str(mnist_dir),
+    ]  # fmt: skip
 
+
+def test_a_failed_run_ends_the_study_with_1_naming_it(
+    tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runner = FakeRunner(fail={"median"})
+    assert compare.main(small_comparison(tmp_path, mnist_dir), runner=runner) == 1
+    captured = capsys.readouterr()
+    assert "compare_strategies: run median-iid: run 1 ended finished:failed" in (
+        captured.err
+    )
+    assert "compare.md (1 of 4 runs)" in captured.out
+    report = (tmp_path / "out" / "compare.md").read_text()  # what finished
+    assert "| fedavg | **80.0%** | 2 | - | - |" in report
+    assert "**incomplete**: 3 runs missing" in report
+
+
+def test_ctrl_c_ends_the_study_with_130_and_its_report(
+    tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class CtrlC(FakeRunner):
+        def __call__(
+            self, run_config: dict[str, Any], num_supernodes: int, log_dir: Path
+        ) -> Path:
+            if self.calls:
+                raise KeyboardInterrupt
+            return super().__call__(run_config, num_supernodes, log_dir)
+
+    argv = small_comparison(tmp_path, mnist_dir)
+    assert compare.main(argv, runner=CtrlC()) == 130
+    captured = capsys.readouterr()
+    assert "interrupted: finished runs are kept" in captured.err
+    assert "[1/4] fedavg iid: 80.0% after 2 rounds" in captured.out
+    assert "compare.md (1 of 4 runs)" in captured.out
+    report = (tmp_path / "out" / "compare.md").read_text()
+    assert "1 of 4 runs finished" in report
+    assert (tmp_path / "out" / "compare.png").read_bytes()[:8] == PNG
+    # The next invocation reuses the finished run and runs the other three.
+    runner = FakeRunner()
+    assert compare.main(argv, runner=runner) == 0
+    assert [(c["strategy"], c["partitioner"]) for c in runner.calls] == [
+        ("median", "iid"), ("fedavg", "shards"), ("median", "shards"),
+    ]  # fmt: skip
+
+
+def test_attack_study_reports_drops_and_verdicts(
+    tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     def accuracy(config: dict[str, Any]) -> float:
         attacked = config["attack.kind"] != "none"
         if config["strategy"] == "fedavg":
@@ -258,13 +284,12 @@ def test_attack_study_reports_drops_and_verdicts(
         return 0.81 if attacked else 0.82
 
     runner = FakeRunner(accuracy)
-    with_fake(monkeypatch, module, runner)
     argv = [
         "--rounds", "3", "--strategies", "fedavg,median", "--num-supernodes", "20",
         "--out", str(tmp_path / "out"), "--dataset", "mnist",
         "--data-dir", str(mnist_dir), "--factor", "5",
     ]  # fmt: skip
-    assert module.main(argv) == 0
+    assert attacks.main(argv, runner=runner) == 0
     kinds = [(c["strategy"], c["attack.kind"]) for c in runner.calls]
     assert kinds == [
         ("fedavg", "none"), ("median", "none"),
@@ -298,7 +323,7 @@ def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path: Path) -> Non
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        with Study(tmp_path, runner=Interrupted(), stream=io.StringIO()) as study:
+        with RunStore(tmp_path, runner=Interrupted(), stream=io.StringIO()) as study:
             study.run("fedavg", {"strategy": "fedavg"}, 10)
 
     class Resumed(FakeRunner):
@@ -309,7 +334,7 @@ def test_an_interrupted_run_continues_from_its_checkpoint(tmp_path: Path) -> Non
             return Path(run_config["resume-dir"])
 
     runner = Resumed()
-    with Study(tmp_path, runner=runner, stream=io.StringIO()) as study:
+    with RunStore(tmp_path, runner=runner, stream=io.StringIO()) as study:
         study.run("fedavg", {"strategy": "fedavg"}, 10)
     (config,) = runner.calls
     assert config["resume"] is True
@@ -325,7 +350,7 @@ def test_a_finished_run_leaves_no_client_state_behind(tmp_path: Path) -> None:
     (state / "round-1.bin").write_bytes(b"c_i")
     other = cache_dir() / "client-state" / "another-run"
     other.mkdir(parents=True)
-    with Study(tmp_path, runner=FakeRunner(), stream=io.StringIO()) as study:
+    with RunStore(tmp_path, runner=FakeRunner(), stream=io.StringIO()) as study:
         study.run("fedavg", {"strategy": "fedavg"}, 10)
     assert not state.parent.exists()
     assert other.exists()

@@ -1,22 +1,16 @@
-"""What the study scripts share: many runs of the app on one SuperLink, resumable.
+"""The one study driver: a study's plan run on one SuperLink, resumably.
 
-``Study`` starts one simulation SuperLink (private ``FLWR_HOME`` in a temporary
-folder, free port) for a whole study, when the first run needs it, and stops it at
-the end, on an error, on Ctrl-C and on SIGTERM.
-``study.run(name, run_config, num_supernodes)`` runs the app once through
-``flwr run``, checks that Flower reports it ``finished:completed`` and returns its
-history rows. Each finished run is kept as ``<out>/runs/<name>/`` (the run
-folder the ServerApp wrote, with its logs and a ``study-run.json`` that records the
-configuration), so running a study again skips every configuration already finished:
-an interrupted study loses at most the run in progress.
+A ``Study`` is a plan (``PlannedRun``: name, label, run config, virtual clients)
+and a report written from the runs finished so far. ``run_study`` is the studies'
+only loop: ``[i/total]`` progress, the report after each run, Ctrl-C -> exit code
+130 and a failed run -> 1 (named), the report written with what finished.
 
-A run first goes to ``<out>/runs/.incomplete/<name>/`` and is renamed to
-``<out>/runs/<name>/`` only once it has completed, so a folder under ``runs/`` is
-always a finished run. Reusing ``<out>`` with another configuration under the same
-name is refused rather than silently mixed.
-
-Also here: the pure helpers the reports need (``rounds_to_target``,
-``markdown_table``, ``plot_curves``) and the command-line options the studies share.
+``RunStore`` keeps the runs: a finished one is ``<out>/runs/<name>/`` (the run
+folder, its logs, and a ``study-run.json`` marker with its configuration, written
+last), reused by the next invocation; another configuration under that name is
+refused. A run goes first to ``runs/.incomplete/<name>/``, and one interrupted
+after a round continues from its checkpoint. An flock keeps two studies out of one
+``<out>``. Runs go through ``SimulationSuperLink.run`` or an injected ``Runner``.
 """
 
 from __future__ import annotations
@@ -24,49 +18,32 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import io
 import json
-import math
 import os
-import shlex
 import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TextIO
 
 from fl_app.checkpoint import CHECKPOINT_FILE
-from fl_app.config import DATASETS
 from fl_app.data import cache_dir
-from fl_app.files import write_atomically, write_json
-from fl_app.launch.runner import (
-    FlowerHome,
-    flwr_run,
-    free_port,
-    run_status,
-    sigterm_as_interrupt,
-    simulation_config,
-    start_simulation_superlink,
-    uninterruptible,
-)
+from fl_app.files import write_json
+from fl_app.launch.simulation import SimulationSuperLink
 from fl_app.results import read_history
+from fl_app.studies.report import RunResult, clock, percent
 
-APP_DIR = Path(__file__).resolve().parents[2]
 RUNS = "runs"
 INCOMPLETE = ".incomplete"
 MARKER = "study-run.json"  # written last: its presence means the run finished
-CONNECTION = "study"
-DEFAULT_DATA_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
 
-Rows = list[dict[str, Any]]
 #: Runs the app once: (run config with an absolute ``output-dir``, number of virtual
-#: clients, folder for its logs) -> the run folder the ServerApp wrote. ``Study``
-#: uses Flower's unless one is injected (the tests inject a fake).
+#: clients, folder for its logs) -> the run folder the ServerApp wrote. Flower's
+#: unless one is injected (the tests inject a fake).
 Runner = Callable[[dict[str, Any], int, Path], Path]
 
 
@@ -74,78 +51,145 @@ class StudyError(RuntimeError):
     """A run did not complete, or ``<out>`` holds results of another study."""
 
 
-@dataclass
-class RunResult:
-    """A finished run: its history rows and how long it took."""
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a study's plan."""
 
-    name: str
-    label: str
-    rows: Rows
-    seconds: float
-    skipped: bool  # finished by an earlier invocation
-    run_dir: Path
-    config: dict[str, Any]  # the run's full configuration (the ServerApp's config.json)
+    name: str  # its folder under runs/: a plain folder name
+    label: str  # how progress lines call it
+    run_config: dict[str, Any]  # flwr run's --run-config, without output-dir
+    num_supernodes: int
 
 
-class Study:
-    """One SuperLink for many runs; finished runs kept under ``<out_dir>/runs/``.
+class Study(ABC):
+    """What one study is: its plan and its report (the driver does the rest)."""
 
-    Use as a context manager. ``runner`` replaces Flower (no SuperLink is started
-    then); ``total`` is the number of runs planned, for the ``[i/total]`` progress.
-    """
+    prog: str  # the script's name, in front of an error message
+    report_name: str  # the markdown report, under ``out``; named by the last lines
+    runs_word: str = ""  # after "(i of n" in the last lines, e.g. " runs"
+    table: str = ""  # the report's table (markdown), once written
+    verdict: Sequence[str] = ()  # the report's conclusions, one a line
+
+    def __init__(self, out: Path, command: str = "") -> None:
+        self.out = Path(out).expanduser().resolve()
+        self.command = command  # as the report's provenance gives it
+        self.date = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+    @abstractmethod
+    def plan(self) -> list[PlannedRun]:
+        """The runs, in the order they run."""
+
+    @abstractmethod
+    def write_report(
+        self, results: Mapping[str, RunResult], wall_seconds: float
+    ) -> None:
+        """Write the report's files from the runs finished so far (name -> run)."""
+
+    def headline(self, planned: int) -> str | None:
+        """The line printed before the first run; None for none."""
+        return None
+
+    def after_run(self, run: PlannedRun) -> str | None:
+        """A line printed after the run's progress line and report; None for none."""
+        return None
+
+    def summary(self) -> list[str]:
+        """Lines printed last, after the report's path: its table and verdict."""
+        return [*([self.table.rstrip("\n")] if self.table else []), *self.verdict]
+
+
+def run_study(
+    study: Study,
+    args: argparse.Namespace,
+    *,
+    runner: Runner | None = None,
+    stream: TextIO | None = None,
+) -> int:
+    """Run ``study``'s plan, reusing finished runs; the exit code: 0, 1 when a run
+    failed, 130 on Ctrl-C. ``args`` may set ``cpus_per_client``, ``run_timeout``
+    and ``verbose`` (Flower's log streamed); ``runner`` replaces Flower."""
+    out = stream or sys.stdout
+    plan = study.plan()
+    started = time.monotonic()
+    if (headline := study.headline(len(plan))) is not None:
+        print(headline, file=out, flush=True)
+    store = RunStore(
+        study.out,
+        total=len(plan),
+        runner=runner,
+        stream=out,
+        cpus_per_client=getattr(args, "cpus_per_client", 1),
+        timeout=getattr(args, "run_timeout", 3600),
+        echo=getattr(args, "verbose", False),
+    )
+    outcome = 0
+    current = ""
+    try:
+        with store:
+            for run in plan:
+                current = run.name
+                store.run(run.name, run.run_config, run.num_supernodes, label=run.label)
+                study.write_report(store.results, time.monotonic() - started)
+                if (line := study.after_run(run)) is not None:
+                    print(line, file=out, flush=True)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished runs are kept", file=sys.stderr)
+        outcome = 130
+    except (RuntimeError, TimeoutError) as error:  # StudyError, or flwr's
+        where = f"run {current}: " if current else ""
+        print(f"{study.prog}: {where}{error}", file=sys.stderr)
+        outcome = 1
+    if store.results:
+        study.write_report(store.results, time.monotonic() - started)
+    done = f"{len(store.results)} of {len(plan)}{study.runs_word}"
+    print(f"{study.out / study.report_name} ({done})", file=out)
+    for line in study.summary():
+        print(line, file=out)
+    print(f"wall time {clock(time.monotonic() - started)}", file=out)
+    return outcome
+
+
+class RunStore(ExitStack):
+    """The runs of one study, kept under ``<out_dir>/runs/``; one SuperLink. Use
+    as a context manager. ``runner`` replaces Flower (no SuperLink then); ``total``
+    is for the ``[i/total]`` progress; ``run_options`` go to
+    ``SimulationSuperLink.run`` (``cpus_per_client``, ``timeout``, ``echo``)."""
 
     def __init__(
         self,
         out_dir: Path,
         *,
         total: int | None = None,
-        cpus_per_client: int = 1,
-        run_timeout: float = 3600,
-        echo: bool = False,
         runner: Runner | None = None,
-        app_dir: Path = APP_DIR,
         stream: TextIO | None = None,
+        **run_options: Any,
     ) -> None:
+        super().__init__()
         self.out_dir = Path(out_dir).expanduser().resolve()
         self.runs_dir = self.out_dir / RUNS
         self.total = total
-        self.cpus_per_client = cpus_per_client
-        self.run_timeout = run_timeout
-        self.echo = echo
-        self.app_dir = app_dir
         self.stream = stream
         self.results: dict[str, RunResult] = {}
         self._runner = runner
-        self._home: FlowerHome | None = None
-        self._stack: ExitStack | None = None
+        self._run_options = run_options
+        self._superlink: SimulationSuperLink | None = None
+        self._open = False
         self._count = 0
 
-    # ------------------------------------------------------------- lifetime
-    def __enter__(self) -> Study:
-        stack = ExitStack()
+    def __enter__(self) -> RunStore:
         try:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(_exclusive_lock(self.out_dir / ".study.lock"))
-            if self._runner is None:
-                stack.enter_context(sigterm_as_interrupt())
+            self.enter_context(_exclusive_lock(self.out_dir / ".study.lock"))
+            if self._runner is None:  # it starts nothing before the first run
+                link = SimulationSuperLink(self.out_dir / "logs")
+                self._superlink = self.enter_context(link)
         except BaseException:
-            stack.close()
+            self.close()
             raise
-        self._stack = stack
+        self._open = True
+        self.callback(setattr, self, "_open", False)
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._home = None
-        if self._stack is not None:
-            stack, self._stack = self._stack, None
-            stack.close()
-
-    # ------------------------------------------------------------- runs
     def run(
         self,
         name: str,
@@ -153,22 +197,17 @@ class Study:
         num_supernodes: int,
         *,
         label: str | None = None,
-    ) -> Rows:
+    ) -> list[dict[str, Any]]:
         """Run the app once (or reuse ``runs/<name>/`` if it finished before) and
         return its history rows; prints one progress line."""
         _check_name(name)
-        if self._stack is None:
-            raise RuntimeError("use Study as a context manager: with Study(...) as s:")
+        if not self._open:
+            raise RuntimeError("use RunStore as a context manager: with RunStore(...)")
         self._count += 1
         label = label or name
-        wanted = _canonical(
-            {
-                "run_config": {
-                    k: v for k, v in run_config.items() if k != "output-dir"
-                },
-                "num_supernodes": num_supernodes,
-            }
-        )
+        settings = {k: v for k, v in run_config.items() if k != "output-dir"}
+        wanted = {"run_config": settings, "num_supernodes": num_supernodes}
+        wanted = json.loads(json.dumps(wanted, default=str))  # as the marker has it
         final = self.runs_dir / name
         if (final / MARKER).exists():
             marker = json.loads((final / MARKER).read_text())
@@ -203,11 +242,7 @@ class Study:
         earlier = _resumable(staging)
         if earlier is not None:  # an interrupted try got that far: continue it
             config.update({"resume": True, "resume-dir": str(earlier)})
-            print(
-                f"{label}: resuming {earlier} from its checkpoint",
-                file=self.stream or sys.stdout,
-                flush=True,
-            )
+            self._say(f"{label}: resuming {earlier} from its checkpoint")
         else:
             shutil.rmtree(staging, ignore_errors=True)  # a try without a round
             staging.mkdir(parents=True)
@@ -243,49 +278,26 @@ class Study:
     def _flower_runner(
         self, run_config: dict[str, Any], num_supernodes: int, log_dir: Path
     ) -> Path:
-        """Run the app through ``flwr run`` on the study's SuperLink."""
-        if self._home is None:
-            self._home = self._start_superlink()
-        log_path = log_dir / "run.log"
-        run_id = flwr_run(
-            self.app_dir,
-            CONNECTION,
-            self._home,
+        """Run the app through ``flwr run`` on the study's SuperLink; the run
+        folder, or a StudyError saying how it ended."""
+        assert self._superlink is not None
+        outcome = self._superlink.run(
             run_config,
-            log_path=log_path,
-            federation_config=simulation_config(num_supernodes, self.cpus_per_client),
-            timeout=self.run_timeout,
-            echo=self.echo,
+            num_supernodes=num_supernodes,
+            log_path=log_dir / "run.log",
+            **self._run_options,
         )
-        status = run_status(CONNECTION, self._home, run_id)
-        state = str(status.get("status", ""))
-        if state != "finished:completed":
-            raise StudyError(
-                f"run {run_id} ended {state} {status.get('status-details', '')}; "
-                f"log {log_path}, ends with:\n{_tail(log_path)}"
+        if outcome.completed and outcome.run_dir is not None:
+            return outcome.run_dir
+        ended = f"ended {outcome.status} {outcome.details}"
+        if outcome.run_dir is None and outcome.status == "finished:completed":
+            ended = (
+                f"completed but left no single run folder in {run_config['output-dir']}"
             )
-        if run_config.get("resume"):
-            return Path(run_config["resume-dir"])
-        output_dir = Path(run_config["output-dir"])
-        folders = [p for p in output_dir.glob(f"*-run{run_id}*") if p.is_dir()]
-        if len(folders) != 1:
-            raise StudyError(
-                f"run {run_id} completed but left {len(folders)} run folders in "
-                f"{output_dir}; log {log_path}"
-            )
-        return folders[0]
-
-    def _start_superlink(self) -> FlowerHome:
-        """The study's SuperLink, started for the first run that needs it (a study
-        whose runs all finished before needs none) and stopped on exit."""
-        assert self._stack is not None
-        tmp = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="fl-study-"))
-        home = FlowerHome(Path(tmp) / "flwr")
-        port = free_port()
-        home.add_connection(CONNECTION, f"127.0.0.1:{port}")
-        superlink = start_simulation_superlink(home, port, self.out_dir / "logs")
-        self._stack.callback(_stop, superlink)
-        return home
+        raise StudyError(
+            f"run {outcome.run_id} {ended}; log {outcome.log_path}, ends with:\n"
+            f"{_tail(outcome.log_path)}"
+        )
 
     def _result(
         self, name: str, label: str, run_dir: Path, seconds: float, skipped: bool
@@ -302,12 +314,13 @@ class Study:
         took = f"{result.seconds:.0f} s"
         if result.skipped:
             took += ", finished before: skipped"
-        print(
+        self._say(
             f"[{count}] {result.label}: {percent(last['test_accuracy'])} after "
-            f"{last['round']} rounds ({took})",
-            file=self.stream or sys.stdout,
-            flush=True,
+            f"{last['round']} rounds ({took})"
         )
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.stream or sys.stdout, flush=True)
 
 
 def _resumable(staging: Path) -> Path | None:
@@ -321,11 +334,6 @@ def _resumable(staging: Path) -> Path | None:
         if p.is_dir() and not p.is_symlink() and (p / CHECKPOINT_FILE).is_file()
     ]
     return found[0] if len(found) == 1 else None
-
-
-def _stop(superlink: Any) -> None:
-    with uninterruptible():
-        superlink.stop()
 
 
 @contextmanager
@@ -348,23 +356,18 @@ def _check_name(name: str) -> None:
         raise ValueError(f"run name {name!r}: must be a plain folder name")
 
 
-def _canonical(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples become lists, etc.)."""
-    return json.loads(json.dumps(value, default=str))
-
-
-def _difference(found: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
-    old = _flatten(found)
-    new = _flatten(wanted)
-    keys = sorted(set(old) | set(new))
+def _difference(found: dict[str, Any], wanted: dict[str, Any]) -> str:
+    """What differs between two markers, ``key: old there, new now``."""
+    old, new = _flatten(found), _flatten(wanted)
     return ", ".join(
         f"{k}: {old.get(k, '-')!r} there, {new.get(k, '-')!r} now"
-        for k in keys
+        for k in sorted(set(old) | set(new))
         if old.get(k) != new.get(k)
     )
 
 
 def _flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Keys joined with dots (flwr's ``flatten_dict`` refuses None and lists)."""
     flat: dict[str, Any] = {}
     for key, item in value.items():
         if isinstance(item, Mapping):
@@ -379,305 +382,3 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-# --------------------------------------------------------------------- pure helpers
-def rounds_to_target(rows: Sequence[Mapping[str, Any]], target: float) -> int | None:
-    """The first round whose test accuracy (a fraction) is >= ``target``; None if
-    no round reached it."""
-    for row in rows:
-        accuracy = row.get("test_accuracy")
-        if accuracy is not None and accuracy >= target:
-            return int(row["round"])
-    return None
-
-
-def final_accuracy(rows: Sequence[Mapping[str, Any]]) -> float | None:
-    """Test accuracy (fraction) of the last round, None if there is none."""
-    if not rows or rows[-1].get("test_accuracy") is None:
-        return None
-    return float(rows[-1]["test_accuracy"])
-
-
-def mean_per_round(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:
-    """Mean of ``key`` over the training rounds (round 0, the initial model, left
-    out); None if no round has it."""
-    values = [
-        float(row[key])
-        for row in rows
-        if row["round"] >= 1 and row.get(key) is not None
-    ]
-    return sum(values) / len(values) if values else None
-
-
-def percent(fraction: float | None, digits: int = 1) -> str:
-    """0.8412 -> ``84.1%``; None -> ``-``."""
-    if fraction is None or not math.isfinite(fraction):
-        return "-"
-    return f"{100 * fraction:.{digits}f}%"
-
-
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A GitHub-flavoured markdown table; None is shown as ``-``, ``|`` escaped."""
-
-    def cell(value: Any) -> str:
-        text = "-" if value is None else str(value)
-        return text.replace("|", "\\|").replace("\n", " ")
-
-    lines = [
-        "| " + " | ".join(cell(h) for h in headers) + " |",
-        "|" + "|".join("---" for _ in headers) + "|",
-    ]
-    for row in rows:
-        if len(row) != len(headers):
-            raise ValueError(
-                f"row has {len(row)} cells, the table {len(headers)} columns: {row!r}"
-            )
-        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_curves(
-    path: Path,
-    panels: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
-    *,
-    title: str = "",
-    targets: Mapping[str, float] | None = None,
-) -> None:
-    """Test accuracy (%) against round for many runs, one panel per key of
-    ``panels`` (``{panel title: {curve label: history rows}}``), into one PNG.
-
-    A label keeps its colour and line style in every panel, and one legend below
-    the panels lists them all. ``targets`` (``{panel title: accuracy fraction}``)
-    draws a dashed horizontal line. Written atomically.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels: list[str] = []
-    for curves in panels.values():
-        labels += [label for label in curves if label not in labels]
-    palette = plt.get_cmap("tab10").colors  # beyond 10 labels: dashed, then ...
-    styles = ("-", "--", "-.", ":")
-    look = {
-        label: {
-            "color": palette[i % len(palette)],
-            "ls": styles[(i // len(palette)) % len(styles)],
-        }
-        for i, label in enumerate(labels)
-    }
-    count = max(1, len(panels))
-    fig, axes = plt.subplots(
-        1,
-        count,
-        figsize=(5.5 * count + 0.5, 5.0 + 0.25 * math.ceil(len(labels) / 4)),
-        squeeze=False,
-        sharey=True,
-        layout="constrained",
-    )
-    for ax, (panel, curves) in zip(axes[0], panels.items(), strict=False):
-        for label, rows in curves.items():
-            points = [
-                (row["round"], 100 * row["test_accuracy"])
-                for row in rows
-                if row.get("test_accuracy") is not None
-            ]
-            if points:
-                xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, lw=1.6, marker="o", ms=2.5, label=label, **look[label])
-        if targets and panel in targets:
-            ax.axhline(
-                100 * targets[panel], color="grey", lw=1, ls="--", label="_target"
-            )
-            ax.annotate(
-                f"target {100 * targets[panel]:g}%",
-                (0, 100 * targets[panel]),
-                xycoords=("axes fraction", "data"),
-                xytext=(4, 3),
-                textcoords="offset points",
-                color="grey",
-                fontsize=8,
-            )
-        ax.set(title=panel, xlabel="round")
-        ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[0][0].set_ylabel("test accuracy (%)")
-    handles = [
-        plt.Line2D([], [], lw=1.6, label=label, **look[label]) for label in labels
-    ]
-    if handles:
-        fig.legend(
-            handles=handles,
-            loc="outside lower center",
-            ncol=min(len(handles), 4 if count == 1 else 6),
-            frameon=False,
-        )
-    if title:
-        fig.suptitle(title)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, buffer.getvalue())
-
-
-def write_text(path: Path, text: str) -> None:
-    """A text file (the markdown report), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, text.encode())
-
-
-def write_results(path: Path, payload: Any) -> None:
-    """The study's raw numbers as JSON, written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, payload)
-
-
-def clock(seconds: float) -> str:
-    """3725 -> ``1 h 02 min 05 s``; 65 -> ``1 min 05 s``; 5.2 -> ``5 s``."""
-    total = round(seconds)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min {secs:02d} s"
-    if minutes:
-        return f"{minutes} min {secs:02d} s"
-    return f"{secs} s"
-
-
-# --------------------------------------------------------------------- command line
-def add_common_arguments(
-    parser: argparse.ArgumentParser,
-    *,
-    default_out: str,
-    default_strategies: Sequence[str],
-    default_rounds: int = 30,
-) -> None:
-    """The options every study takes (dataset, rounds, strategies, out, ...)."""
-    parser.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        default="fashion-mnist",
-        help="dataset (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder of IDX files (default: /usr/share/datasets/fashion-mnist for "
-        "fashion-mnist; for mnist, '' = download with torchvision)",
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=default_rounds, help="rounds (default: 30)"
-    )
-    parser.add_argument(
-        "--strategies",
-        default=",".join(default_strategies),
-        help="comma-separated strategies (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path(default_out),
-        help="report and finished runs go here; re-running skips the runs already "
-        "in it (default: %(default)s). Inside the project, keep it under a "
-        "git-ignored folder such as outputs/: flwr run packs the project's other "
-        ".json and .md files into every run",
-    )
-    parser.add_argument("--seed", type=int, default=42, help="run seed (default: 42)")
-    parser.add_argument(
-        "--num-supernodes",
-        type=int,
-        default=100,
-        help="virtual clients (default: 100)",
-    )
-    parser.add_argument(
-        "--cpus-per-client",
-        type=int,
-        default=1,
-        help="Ray CPUs per virtual client (1 = one client per core)",
-    )
-    parser.add_argument(
-        "--run-timeout",
-        type=float,
-        default=3600,
-        help="seconds one run may take before it counts as failed (default: 3600)",
-    )
-    parser.add_argument(
-        "--verbose", action="store_true", help="stream every run's Flower log"
-    )
-
-
-def check_common_arguments(
-    parser: argparse.ArgumentParser,
-    args: argparse.Namespace,
-    allowed_strategies: Iterable[str],
-) -> list[str]:
-    """Validate the shared options (``parser.error`` on a bad one), fill in the
-    data folder, and return the chosen strategies in order."""
-    if args.rounds < 1:
-        parser.error("--rounds must be >= 1")
-    if args.num_supernodes < 2:
-        parser.error("--num-supernodes must be >= 2")
-    if args.cpus_per_client < 1:
-        parser.error("--cpus-per-client must be >= 1")
-    if args.data_dir is None:
-        args.data_dir = DEFAULT_DATA_DIRS.get(args.dataset, "")
-    if args.data_dir:
-        args.data_dir = str(Path(args.data_dir).expanduser().resolve())
-        if not Path(args.data_dir).is_dir():
-            parser.error(f"--data-dir {args.data_dir}: no such folder")
-    allowed = list(allowed_strategies)
-    chosen = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in allowed]
-    if unknown or not chosen:
-        parser.error(
-            f"--strategies: unknown {', '.join(unknown) or '(none given)'}; "
-            f"choose from {', '.join(allowed)}"
-        )
-    return list(dict.fromkeys(chosen))
-
-
-def command_line(script: str, argv: Sequence[str]) -> str:
-    """The command as one would retype it: ``python scripts/x.py --rounds 2``."""
-    return shlex.join(["python", script, *argv])
-
-
-def describe_setup(config: Mapping[str, Any]) -> str:
-    """One line on the training set-up, from a run's ``config.json``."""
-    if not config:
-        return ""
-    batch = config.get("batch_size") or "∞"
-    return (
-        f"{config.get('model')} on {config.get('dataset')}, "
-        f"C={config.get('fraction_fit')}, E={config.get('local_epochs')}, "
-        f"B={batch}, client lr {config.get('learning_rate')}, "
-        f"seed {config.get('seed')}"
-    )
-
-
-def provenance(
-    command: str,
-    date: str,
-    wall_seconds: float,
-    results: Mapping[str, RunResult],
-    planned: int,
-) -> str:
-    """The report's closing lines: command, date, wall time, what was reused."""
-    reused = sum(result.skipped for result in results.values())
-    run_seconds = sum(result.seconds for result in results.values())
-    lines = [
-        f"- command: `{command}`",
-        f"- date: {date}",
-        f"- wall time: {clock(wall_seconds)} for this invocation "
-        f"({len(results)} of {planned} runs finished, {reused} of them reused from "
-        f"an earlier invocation); the runs' own times add up to {clock(run_seconds)}",
-        f"- each run's history, config and logs: `{RUNS}/<name>/`",
-    ]
-    if len(results) < planned:
-        lines.append(
-            f"- **incomplete**: {planned - len(results)} runs missing; run the same "
-            "command again to finish (finished runs are skipped)"
-        )
-    return "\n".join(lines) + "\n"
