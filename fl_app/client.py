@@ -1,4 +1,4 @@
-"""The client's side of FedAvg, without Flower's plumbing: ``FlowerClient`` trains
+"""The client's side of FedAvg, without Flower's plumbing: ``PartitionClient`` trains
 one partition from the global weights and returns its update.
 
 A client never sends data, only its update (the weights it trained minus the ones it
@@ -37,7 +37,7 @@ from fl_app.training import evaluate, local_steps, seeded_generator, train
 torch.set_num_threads(1)
 
 
-class FlowerClient(NumPyClient):
+class PartitionClient(NumPyClient):
     """One partition's client; ``fit`` is McMahan's ClientUpdate from global weights.
 
     It receives the global weights (followed by whatever extra arrays the strategy's
@@ -172,7 +172,7 @@ def _model(name: str) -> nn.Module:
 
 def build_client(
     config: RunConfig, partition_id: int, num_partitions: int, state: RecordDict
-) -> FlowerClient:
+) -> PartitionClient:
     """The client of one partition (its data split by the run's seed)."""
     train_data, val_data = client_data(
         config.dataset,
@@ -189,7 +189,7 @@ def build_client(
         if config.attack.enabled
         else frozenset()
     )
-    return FlowerClient(
+    return PartitionClient(
         _model(config.model),
         train_data,
         val_data,
@@ -201,4 +201,4 @@ def build_client(
     )
 
 
-__all__ = ["FlowerClient", "build_client"]
+__all__ = ["PartitionClient", "build_client"]

@@ -1,10 +1,13 @@
-"""The Flower ClientApp: the node's client, which hands each message to the
-``FlowerClient`` (``fl_app.client``) of the partition the message concerns.
+"""The Flower ClientApp: ``PartitionRouter``, the node's ``NumPyClient``, hands each
+message to the ``PartitionClient`` (``fl_app.client``) of the partition it concerns.
 
-This module imports no torch: Flower loads it to validate the app before the
-simulation starts Ray, and a deployed SuperNode starts a fresh ``flwr-clientapp``
-process for every message; only the messages that train or evaluate import
-``fl_app.client`` (and torch, 2 s).
+Loading this module imports no torch and no strategy: Flower loads it to validate
+the app before the simulation starts Ray, and a deployed SuperNode starts a fresh
+``flwr-clientapp`` process for every message; only the messages that train or
+evaluate import ``fl_app.client`` (and torch, 2 s). The algorithm's client part is
+chosen by the fit config from the client's own registry
+(``fl_app.client_parts.CLIENT_PARTS``), never by importing a strategy.
+``tests/test_architecture.py`` checks both in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ from fl_app import keys
 from fl_app.config import RunConfig
 
 if TYPE_CHECKING:
-    from fl_app.client import FlowerClient
+    from fl_app.client import PartitionClient
 
 
-class NodeClient(NumPyClient):
-    """What ``client_fn`` returns: each message is handled by the ``FlowerClient`` of
-    the partition it concerns.
+class PartitionRouter(NumPyClient):
+    """What ``client_fn`` returns: it routes each message to the ``PartitionClient``
+    of the partition the message concerns, with that partition's stored state.
 
     That partition is the one the message names (``partition-id`` in its config,
     when the server deals partitions: ``partition-source = "server"``, simulation),
@@ -43,7 +46,7 @@ class NodeClient(NumPyClient):
 
     def client_for(
         self, message_config: dict[str, Scalar], state: RecordDict | None = None
-    ) -> FlowerClient:
+    ) -> PartitionClient:
         from fl_app.client import build_client  # torch: only for this message kind
 
         partition_id, num_partitions = _partition(self.node, message_config)
@@ -92,7 +95,7 @@ def _partition(node: Context, message_config: dict[str, Scalar]) -> tuple[int, i
 
 def client_fn(context: Context) -> Client:
     """The node's client; the run config is read and validated here, once."""
-    return NodeClient(context).to_client()
+    return PartitionRouter(context).to_client()
 
 
 def secagg_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
@@ -109,4 +112,4 @@ def secagg_when_asked(msg: Message, context: Context, call_next: Any) -> Message
 
 app = ClientApp(client_fn=client_fn, mods=[secagg_when_asked])
 
-__all__ = ["NodeClient", "app", "client_fn"]
+__all__ = ["PartitionRouter", "app", "client_fn"]

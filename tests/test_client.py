@@ -1,4 +1,4 @@
-"""The ClientApp: FlowerClient.fit is seeded local SGD that lowers the loss on the
+"""The ClientApp: PartitionClient.fit is seeded local SGD that lowers the loss on the
 client's own data and sends its update w_k - w_t with n_k; evaluate uses the held-out
 share; get_properties reports the partition; client_fn builds the right client from a
 Flower Context (attack role included) and explains a missing --node-config."""
@@ -28,7 +28,7 @@ from flwr.common import (
 )
 from flwr.common.config import flatten_dict
 
-from fl_app.client import FlowerClient
+from fl_app.client import PartitionClient
 from fl_app.client_app import client_fn
 from fl_app.config import ConfigError
 from fl_app.data import Split, client_data
@@ -65,9 +65,9 @@ def data(mnist_dir: Path) -> tuple[Split, Split]:
 
 
 @pytest.fixture
-def client(data: tuple[Split, Split]) -> FlowerClient:
+def client(data: tuple[Split, Split]) -> PartitionClient:
     train, val = data
-    return FlowerClient(build_model("2nn", seed=0), train, val, PARTITION_ID)
+    return PartitionClient(build_model("2nn", seed=0), train, val, PARTITION_ID)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def loss_of(weights: NDArrays, split: Split) -> float:
 
 
 def fit_weights(
-    client: FlowerClient, weights: NDArrays, config: dict[str, Scalar]
+    client: PartitionClient, weights: NDArrays, config: dict[str, Scalar]
 ) -> tuple[NDArrays, int, dict[str, Scalar]]:
     """``fit``, with the update it sends turned back into the trained weights."""
     update, num_examples, metrics = client.fit(weights, config)
@@ -99,7 +99,7 @@ def same(a: NDArrays, b: NDArrays) -> bool:
 
 # ------------------------------------------------------------------------ fit
 def test_fit_returns_the_update_n_k_and_train_loss(
-    client: FlowerClient, global_weights: NDArrays
+    client: PartitionClient, global_weights: NDArrays
 ) -> None:
     update, num_examples, metrics = client.fit(global_weights, dict(FIT_CONFIG))
     assert num_examples == len(client.train_data) > 0
@@ -119,7 +119,7 @@ def test_fit_returns_the_update_n_k_and_train_loss(
 
 
 def test_fit_lowers_the_loss_on_the_local_data(
-    client: FlowerClient, global_weights: NDArrays
+    client: PartitionClient, global_weights: NDArrays
 ) -> None:
     before = loss_of(global_weights, client.train_data)
     weights, _, _ = fit_weights(client, global_weights, dict(FIT_CONFIG))
@@ -128,7 +128,7 @@ def test_fit_lowers_the_loss_on_the_local_data(
 
 
 def test_fit_starts_from_the_received_weights(
-    client: FlowerClient, global_weights: NDArrays
+    client: PartitionClient, global_weights: NDArrays
 ) -> None:
     """The client's previous state must not leak into the next fit."""
     first, _, _ = fit_weights(client, global_weights, dict(FIT_CONFIG))
@@ -138,10 +138,10 @@ def test_fit_starts_from_the_received_weights(
 
 
 def test_fit_is_seeded(
-    data: tuple[Split, Split], client: FlowerClient, global_weights: NDArrays
+    data: tuple[Split, Split], client: PartitionClient, global_weights: NDArrays
 ) -> None:
     first, _, _ = fit_weights(client, global_weights, dict(FIT_CONFIG))
-    twin = FlowerClient(build_model("2nn", seed=5), *data, PARTITION_ID)
+    twin = PartitionClient(build_model("2nn", seed=5), *data, PARTITION_ID)
     again, _, _ = fit_weights(twin, global_weights, dict(FIT_CONFIG))
     other_seed, _, _ = fit_weights(client, global_weights, {**FIT_CONFIG, "seed": 2})
     other_round, _, _ = fit_weights(
@@ -152,7 +152,9 @@ def test_fit_is_seeded(
     assert not same(first, other_round)
 
 
-def test_fit_follows_the_config(client: FlowerClient, global_weights: NDArrays) -> None:
+def test_fit_follows_the_config(
+    client: PartitionClient, global_weights: NDArrays
+) -> None:
     base, _, _ = fit_weights(client, global_weights, dict(FIT_CONFIG))
     for key, value in (
         ("learning-rate", 0.01),
@@ -164,7 +166,7 @@ def test_fit_follows_the_config(client: FlowerClient, global_weights: NDArrays) 
 
 
 def test_batch_size_zero_is_one_full_batch_step_per_epoch(
-    client: FlowerClient, global_weights: NDArrays
+    client: PartitionClient, global_weights: NDArrays
 ) -> None:
     lr = 0.05
     config = {**FIT_CONFIG, "batch-size": 0, "local-epochs": 1, "learning-rate": lr}
@@ -189,7 +191,7 @@ def test_batch_size_zero_is_one_full_batch_step_per_epoch(
 
 
 def test_batch_size_zero_over_several_epochs_lowers_the_loss(
-    client: FlowerClient, global_weights: NDArrays
+    client: PartitionClient, global_weights: NDArrays
 ) -> None:
     config = {**FIT_CONFIG, "batch-size": 0, "local-epochs": 5, "learning-rate": 0.1}
     weights, _, _ = fit_weights(client, global_weights, config)
@@ -199,14 +201,14 @@ def test_batch_size_zero_over_several_epochs_lowers_the_loss(
 
 
 # ------------------------------------------------------------------------ the rest
-def test_get_properties_reports_the_partition(client: FlowerClient) -> None:
+def test_get_properties_reports_the_partition(client: PartitionClient) -> None:
     properties = client.get_properties({})
     assert properties["partition-id"] == PARTITION_ID
     assert properties["num-examples"] == len(client.train_data)
 
 
 def test_evaluate_uses_the_received_weights_on_the_val_data(
-    client: FlowerClient, global_weights: NDArrays
+    client: PartitionClient, global_weights: NDArrays
 ) -> None:
     val = client.val_data
     assert 0 < len(val) < len(client.train_data)
@@ -262,7 +264,7 @@ def test_client_fn_builds_the_nodes_client(
     res = client.fit(FitIns(ndarrays_to_parameters(global_weights), dict(FIT_CONFIG)))
     assert res.status.code == Code.OK
     assert res.num_examples == len(train)
-    direct = FlowerClient(build_model("2nn"), train, val, partition_id)
+    direct = PartitionClient(build_model("2nn"), train, val, partition_id)
     expected, _, _ = direct.fit(global_weights, dict(FIT_CONFIG))
     assert same(parameters_to_ndarrays(res.parameters), expected)
 
@@ -302,7 +304,7 @@ def test_a_message_naming_a_partition_trains_that_partition(
     train, val = _client_data(mnist_dir, 2)
     assert res.num_examples == len(train)
     assert res.metrics["partition_id"] == 2
-    expected, _, _ = FlowerClient(build_model("2nn"), train, val, 2).fit(
+    expected, _, _ = PartitionClient(build_model("2nn"), train, val, 2).fit(
         global_weights, dict(config)
     )
     assert same(parameters_to_ndarrays(res.parameters), expected)

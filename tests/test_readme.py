@@ -12,7 +12,7 @@ import pytest
 from flwr.common.config import flatten_dict
 
 from fl_app import client_parts
-from fl_app.client import FlowerClient
+from fl_app.client import PartitionClient
 from fl_app.config import RunConfig
 from fl_app.data import client_data
 from fl_app.model import build_model, get_weights
@@ -90,7 +90,7 @@ def test_client_side_example_trains_with_its_penalty(
     weights = get_weights(build_model("mlp", seed=3))
 
     def update(config: dict) -> list[np.ndarray]:
-        client = FlowerClient(build_model("mlp"), train, val, 0)
+        client = PartitionClient(build_model("mlp"), train, val, 0)
         return client.fit(weights, config)[0]
 
     plain = update({**fit_config, "weight_decay": 0.0})
