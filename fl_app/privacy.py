@@ -74,51 +74,6 @@ def check_central_dp(config: RunConfig, conflict: str | None) -> None:
         )
 
 
-class PrivacyLedger:
-    """The (epsilon, delta) spent so far, from dp-accounting's RDP accountant.
-
-    It keeps the rounds as (population K, sample m) counts and replays them into a
-    fresh accountant when asked, so its state is a small JSON-able dict.
-    """
-
-    def __init__(self, config: DpConfig) -> None:
-        self.noise_multiplier = config.noise_multiplier
-        self.delta = config.delta
-        self.rounds: Counter[tuple[int, int]] = Counter()
-
-    def epsilon(self, extra: tuple[int, int] | None = None) -> float:
-        """Epsilon at ``delta`` after the rounds so far (plus ``extra``, if given)."""
-        rounds = self.rounds.copy()
-        if extra is not None:
-            rounds[extra] += 1
-        if not rounds:
-            return 0.0
-        # Imported here: dp-accounting takes seconds to import, and every process
-        # that reads the run config imports this module (a deployed client too).
-        from dp_accounting import dp_event, privacy_accountant, rdp
-
-        accountant = rdp.RdpAccountant(
-            neighboring_relation=privacy_accountant.NeighboringRelation.REPLACE_ONE
-        )
-        gaussian = dp_event.GaussianDpEvent(self.noise_multiplier / 2)
-        for (population, sample), count in sorted(rounds.items()):
-            event = dp_event.SampledWithoutReplacementDpEvent(
-                population, sample, gaussian
-            )
-            accountant.compose(event, count)
-        return float(accountant.get_epsilon(self.delta))
-
-    def record(self, population: int, sample: int) -> None:
-        """One private release: ``sample`` clients of ``population`` were aggregated."""
-        self.rounds[(population, sample)] += 1
-
-    def state_dict(self) -> dict[str, list[list[int]]]:
-        return {"rounds": [[k, m, n] for (k, m), n in sorted(self.rounds.items())]}
-
-    def load_state_dict(self, state: dict[str, list[list[int]]]) -> None:
-        self.rounds = Counter({(k, m): n for k, m, n in state["rounds"]})
-
-
 class Update(Protocol):
     """What ``CentralDp.privatize`` changes in a client's update (the strategy's
     ``ClientUpdate``)."""
@@ -128,11 +83,17 @@ class Update(Protocol):
 
 
 class CentralDp:
-    """Central DP as a strategy uses it: noise, ledger and budget in one place."""
+    """Central DP as a strategy uses it: the round's noise, the privacy spent so far
+    and the budget, in one place.
+
+    The spending is kept as (population K, sample m) round counts, replayed into a
+    fresh dp-accounting RDP accountant when asked, so the state is a small JSON-able
+    dict (the checkpoint's ``privacy`` entry).
+    """
 
     def __init__(self, config: DpConfig) -> None:
         self.config = config
-        self.ledger = PrivacyLedger(config)
+        self.rounds: Counter[tuple[int, int]] = Counter()
 
     def privatize(self, server_round: int, updates: Sequence[Update]) -> None:
         """Clip and noise the round's updates in place, and weight them uniformly
@@ -150,13 +111,36 @@ class CentralDp:
             update.delta = delta
             update.num_examples = 1
 
+    def epsilon(self, extra: tuple[int, int] | None = None) -> float:
+        """Epsilon at ``dp.delta`` after the rounds so far (plus ``extra``, a
+        (population, sample) round, if given)."""
+        rounds = self.rounds.copy()
+        if extra is not None:
+            rounds[extra] += 1
+        if not rounds:
+            return 0.0
+        # Imported here: dp-accounting takes seconds to import, and a client imports
+        # this module too (for ``clip``).
+        from dp_accounting import dp_event, privacy_accountant, rdp
+
+        accountant = rdp.RdpAccountant(
+            neighboring_relation=privacy_accountant.NeighboringRelation.REPLACE_ONE
+        )
+        gaussian = dp_event.GaussianDpEvent(self.config.noise_multiplier / 2)
+        for (population, sample), count in sorted(rounds.items()):
+            event = dp_event.SampledWithoutReplacementDpEvent(
+                population, sample, gaussian
+            )
+            accountant.compose(event, count)
+        return float(accountant.get_epsilon(self.config.delta))
+
     def overspend(self, server_round: int, population: int, sample: int) -> str | None:
         """Why round ``server_round`` (``sample`` clients of ``population``) must not
         run, because it would overspend ``dp.max-epsilon``; None if it may."""
         budget = self.config.max_epsilon
         if budget <= 0 or sample == 0:
             return None
-        after = self.ledger.epsilon((population, sample))
+        after = self.epsilon((population, sample))
         if after <= budget:
             return None
         return (
@@ -168,15 +152,10 @@ class CentralDp:
 
     def record(self, population: int, sample: int) -> None:
         """One private release: ``sample`` clients of ``population`` were aggregated."""
-        self.ledger.record(population, sample)
-
-    def epsilon(self) -> float:
-        """Epsilon spent so far, at ``dp.delta``."""
-        return self.ledger.epsilon()
+        self.rounds[(population, sample)] += 1
 
     def state_dict(self) -> dict[str, list[list[int]]]:
-        """The ledger's state (the checkpoint's ``privacy`` entry)."""
-        return self.ledger.state_dict()
+        return {"rounds": [[k, m, n] for (k, m), n in sorted(self.rounds.items())]}
 
     def load_state_dict(self, state: dict[str, list[list[int]]]) -> None:
-        self.ledger.load_state_dict(state)
+        self.rounds = Counter({(k, m): n for k, m, n in state["rounds"]})

@@ -1,7 +1,7 @@
 """Central DP (``fl_app.privacy`` and its use in ``BaseStrategy``).
 
 ``clip`` bounds an update's L2 norm by S; ``privatize`` adds noise of std z S to the
-sum of m clipped updates (z S / m on their mean); ``PrivacyLedger`` reports what
+sum of m clipped updates (z S / m on their mean); ``CentralDp`` reports what
 dp-accounting's RDP accountant gives for ``SampledWithoutReplacementDpEvent(K, m,
 GaussianDpEvent(z / 2))`` under REPLACE_ONE. Through the strategy: each history row
 carries that epsilon, the aggregate is w_t + the uniform mean of the clipped updates
@@ -36,7 +36,7 @@ from flwr.server.client_manager import SimpleClientManager
 
 import strategies
 from fl_app.config import ConfigError, DpConfig, RunConfig, ValidationConfig
-from fl_app.privacy import NOISE_SALT, PrivacyLedger, clip, privatize
+from fl_app.privacy import NOISE_SALT, CentralDp, clip, privatize
 from fl_app.results import SUMMARY_FILE, read_history
 from strategies import strategy_class
 from tests.fakes import FakeNode
@@ -147,7 +147,7 @@ def test_ledger_epsilon_is_dp_accountings_and_grows_with_rounds() -> None:
     """0 before any round; after r rounds exactly dp-accounting's value for r
     composed SampledWithoutReplacement(K, m, Gaussian(z/2)) events, increasing;
     ``epsilon(extra)`` previews one more round without recording it."""
-    ledger = PrivacyLedger(dp_config())
+    ledger = CentralDp(dp_config())
     assert ledger.epsilon() == 0.0
     previous = 0.0
     for rounds in (1, 2):
@@ -165,13 +165,13 @@ def test_ledger_epsilon_is_dp_accountings_and_grows_with_rounds() -> None:
 def test_ledger_state_dict_round_trips_through_json() -> None:
     """``state_dict`` -> JSON -> ``load_state_dict`` restores the same rounds (the
     epsilon is a function of them, z and delta)."""
-    ledger = PrivacyLedger(dp_config())
+    ledger = CentralDp(dp_config())
     for population, sample in [(K, M), (K, M), (10, 2)]:
         ledger.record(population, sample)
     state = json.loads(json.dumps(ledger.state_dict()))
     assert state == {"rounds": [[10, 2, 1], [K, M, 2]]}
 
-    restored = PrivacyLedger(dp_config())
+    restored = CentralDp(dp_config())
     restored.load_state_dict(state)
     assert restored.rounds == ledger.rounds
     assert restored.state_dict() == ledger.state_dict()
@@ -295,7 +295,7 @@ def test_history_epsilon_matches_dp_accounting_round_by_round(
         assert epsilons[rounds] == pytest.approx(direct_epsilon(rounds), rel=1e-9)
     assert all(a < b for a, b in itertools.pairwise(epsilons))
     assert strategy.privacy is not None
-    assert strategy.privacy.ledger.rounds == Counter({(K, M): 3})
+    assert strategy.privacy.rounds == Counter({(K, M): 3})
     assert all(row.model_updated for row in strategy.history[1:])
 
 
@@ -420,7 +420,7 @@ def test_ledger_population_is_the_clients_the_round_was_drawn_from(
     parameters, _ = strategy.aggregate_fit(2, results, [])
     assert parameters is not None
     assert strategy.privacy is not None
-    assert strategy.privacy.ledger.rounds == Counter({(10, 2): 1})
+    assert strategy.privacy.rounds == Counter({(10, 2): 1})
 
 
 def test_dp_noise_cannot_be_regenerated_from_the_run_config(
