@@ -14,7 +14,6 @@ import pytest
 
 from fl_app.config import RunConfig
 from fl_app.studies import attacks, compare
-from fl_app.studies.driver import MARKER, RunStore, StudyError
 from fl_app.studies.report import (
     markdown_table,
     mean_per_round,
@@ -22,6 +21,7 @@ from fl_app.studies.report import (
     plot_curves,
     rounds_to_target,
 )
+from fl_app.studies.runs import MARKER, RunStore, StudyError
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"

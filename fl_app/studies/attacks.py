@@ -1,12 +1,34 @@
-"""The attack study, plan and report: FedAvg and the robust rules clean and under
-each attack (runs ``<strategy>-<condition>``); ``attacks.md`` (accuracy, drop
-against clean, verdicts), ``.json``, ``.png``. CLI: scripts/attack_study.py.
+r"""How FedAvg and the robust rules fare when 20% of the clients attack.
+
+    .venv/bin/python scripts/attack_study.py
+
+runs fedavg, krum, multi-krum, median, trimmed-mean and centered-clipping with 100
+virtual clients, C = 0.1, IID Fashion-MNIST (``/usr/share/datasets/fashion-mnist``)
+and 30 rounds, first clean, then with 20% of the clients (``attack.fraction=0.2``,
+drawn from the seed) sending ``-factor * update`` (``sign-flip``), then sending
+``factor * update`` (``scale``); ``factor`` is ``attack.factor`` (``--factor``,
+default the config's 10). 18 runs on one SuperLink. It writes to
+``outputs/attacks/``:
+
+* ``attacks.md``: per strategy the clean accuracy, the accuracy under each attack,
+  the drop in points against that strategy's clean run, whether it stayed within 2
+  points of clean (``--tolerance``), and the attackers sampled per round;
+* ``attacks.png``: test accuracy against round, one panel per condition;
+* ``attacks.json``: the raw numbers;
+* ``runs/<strategy>-<condition>/``: each finished run (history, config, logs).
+
+Running the same command again skips the runs already finished, so an interrupted
+study (Ctrl-C) resumes where it stopped. A quick try:
+
+    .venv/bin/python scripts/attack_study.py --rounds 2 \
+        --strategies fedavg,median --num-supernodes 20 --out outputs/attacks-smoke
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from fl_app.config import ATTACKS
@@ -15,18 +37,19 @@ from fl_app.studies.cli import (
     add_common_arguments,
     check_common_arguments,
     run_cli,
+    run_config,
     study_parser,
 )
 from fl_app.studies.driver import PlannedRun, RunResult, Study
 from fl_app.studies.report import (
-    command_line,
+    FRACTION_FIT,
     describe_setup,
     final_accuracy,
     markdown_table,
     mean_per_round,
     percent,
     plot_curves,
-    provenance,
+    points,
 )
 from strategies import STRATEGIES
 
@@ -39,20 +62,16 @@ DEFAULT_STRATEGIES = (
     "centered-clipping",
 )
 CLEAN = "clean"
-FRACTION_FIT = 0.1  # C
-SCRIPT = "scripts/attack_study.py"
 
 
 def run_name(strategy: str, condition: str) -> str:
     return f"{strategy}-{condition}"
 
 
-def parse_args(
-    argv: Sequence[str], description: str | None = None
-) -> argparse.Namespace:
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse and validate; ``strategies`` and ``conditions`` (clean first) filled
     in."""
-    parser = study_parser(description)
+    parser = study_parser(__doc__)
     add_common_arguments(
         parser, default_out="outputs/attacks", default_strategies=DEFAULT_STRATEGIES
     )
@@ -94,47 +113,25 @@ def parse_args(
     return args
 
 
-def main(argv: Sequence[str] | None = None, **options: Any) -> int:
-    """The command line (``description``: the ``--help`` text; ``runner``)."""
-    return run_cli(parse_args, AttackStudy, argv, **options)
-
-
 class AttackStudy(Study):
     """Strategies x conditions; the report's table, verdicts, JSON and plot."""
 
-    prog = "attack_study"
+    script = "scripts/attack_study.py"
     report_name = "attacks.md"
 
     def __init__(self, args: argparse.Namespace, argv: Sequence[str]) -> None:
-        super().__init__(args.out, command_line(SCRIPT, argv))
-        self.args = args
-        self.clients: int = args.num_supernodes
+        super().__init__(args, argv)
         self.strategies: list[str] = args.strategies
         self.conditions: list[str] = args.conditions
         self.attacks = [c for c in self.conditions if c != CLEAN]
 
     def plan(self) -> list[PlannedRun]:
-        return [
-            PlannedRun(run_name(s, c), f"{s} {c}", self.run_config(s, c), self.clients)
-            for c in self.conditions
-            for s in self.strategies
-        ]
+        return self.grid(self.strategies, self.conditions, run_name, self.run_config)
 
     def run_config(self, strategy: str, condition: str) -> dict[str, Any]:
-        """One run's ``--run-config``; every other knob keeps its pyproject
-        default."""
+        """One run's ``--run-config``: IID, ``condition``'s attack."""
         args = self.args
-        config: dict[str, Any] = {
-            "num-server-rounds": args.rounds,
-            "fraction-fit": FRACTION_FIT,
-            # Round 1 waits for every client, so each round samples C of all.
-            "min-available-clients": self.clients,
-            "strategy": strategy,
-            "partitioner": "iid",
-            "dataset": args.dataset,
-            "data-dir": args.data_dir,
-            "seed": args.seed,
-        }
+        config = run_config(args, strategy, "iid")
         if condition == CLEAN:
             config["attack.kind"] = "none"
         else:
@@ -192,7 +189,6 @@ class AttackStudy(Study):
             (r.config for r in runs if not r.name.endswith(f"-{CLEAN}")), None
         )
         config = clean or attacked or {}
-        planned = len(self.plan())
         lines = [
             "# Robust aggregation under attack",
             self.setup_text(config, attacked),
@@ -206,18 +202,13 @@ class AttackStudy(Study):
             "'-': not run (yet).",
             "\n".join(f"- {line}" for line in self.verdict),
             "![test accuracy against round, per condition](attacks.png)",
-            provenance(self.command, self.date, wall_seconds, results, planned).rstrip(
-                "\n"
-            ),
+            self.provenance(results, wall_seconds).rstrip("\n"),
         ]
         write_text(self.out / "attacks.md", "\n\n".join(lines) + "\n")
         write_json(
             self.out / "attacks.json",
             {
-                "command": self.command,
-                "date": self.date,
-                "wall_seconds": wall_seconds,
-                "planned_runs": planned,
+                **self.stamp(wall_seconds),
                 "num_supernodes": self.clients,
                 "rounds": args.rounds,
                 "tolerance_points": tolerance,
@@ -230,14 +221,7 @@ class AttackStudy(Study):
         factor = (attacked or {}).get("attack", {}).get("factor")
         plot_curves(
             self.out / "attacks.png",
-            {
-                _condition_title(c, factor): {
-                    s: results[run_name(s, c)].rows
-                    for s in self.strategies
-                    if run_name(s, c) in results
-                }
-                for c in self.conditions
-            },
+            self.curves(results, lambda c: _condition_title(c, factor)),
             title=f"{args.dataset}, IID, {self.clients} clients, "
             f"C={FRACTION_FIT}, {percent(args.fraction, 0)} attackers",
         )
@@ -259,12 +243,8 @@ class AttackStudy(Study):
                 }
             clean = entry[CLEAN]["final_accuracy"]
             for attack in self.attacks:
-                attacked = entry[attack]["final_accuracy"]
-                entry[attack]["drop_points"] = (
-                    None
-                    if clean is None or attacked is None
-                    else round(100 * (clean - attacked), 2)
-                )
+                drop = points(clean, entry[attack]["final_accuracy"])
+                entry[attack]["drop_points"] = drop
             numbers[strategy] = entry
         return numbers
 
@@ -272,6 +252,11 @@ class AttackStudy(Study):
         """Did FedAvg degrade; which robust strategies stayed within tolerance."""
         tolerance = self.args.tolerance
         lines = []
+
+        def within(strategy: str, attack: str) -> bool:
+            drop = numbers[strategy][attack]["drop_points"]
+            return drop is not None and drop <= tolerance
+
         if "fedavg" in numbers:
             drops = {a: numbers["fedavg"][a]["drop_points"] for a in self.attacks}
             known = {a: d for a, d in drops.items() if d is not None}
@@ -286,15 +271,7 @@ class AttackStudy(Study):
                 lines.append("FedAvg: no clean/attacked pair finished yet")
         robust = [s for s in self.strategies if s != "fedavg"]
         if robust:
-            held = [
-                s
-                for s in robust
-                if all(
-                    numbers[s][a]["drop_points"] is not None
-                    and numbers[s][a]["drop_points"] <= tolerance
-                    for a in self.attacks
-                )
-            ]
+            held = [s for s in robust if all(within(s, a) for a in self.attacks)]
             lines.append(
                 f"Within {tolerance:g} points of clean under "
                 f"{'every attack' if len(self.attacks) > 1 else self.attacks[0]}: "
@@ -303,12 +280,7 @@ class AttackStudy(Study):
             )
             if len(self.attacks) > 1:
                 for attack in self.attacks:
-                    per = [
-                        s
-                        for s in robust
-                        if numbers[s][attack]["drop_points"] is not None
-                        and numbers[s][attack]["drop_points"] <= tolerance
-                    ]
+                    per = [s for s in robust if within(s, attack)]
                     lines.append(f"… under {attack} alone: {', '.join(per) or 'none'}")
         return lines
 
@@ -355,3 +327,6 @@ def _joined(values: Iterable[float | None]) -> str | None:
     if all(t == "-" for t in texts):
         return None
     return texts[0] if len(set(texts)) == 1 else " / ".join(texts)
+
+
+main = partial(run_cli, parse_args, AttackStudy)

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from fl_app.config import DATASETS
-from fl_app.studies.driver import Runner, Study, run_study
+from fl_app.studies.driver import Study, run_study
+from fl_app.studies.report import FRACTION_FIT
+from fl_app.studies.runs import Runner
 
 DEFAULT_DATA_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
 
 
 def study_parser(description: str | None) -> argparse.ArgumentParser:
-    """A parser whose ``--help`` shows ``description`` (a script's docstring) as
-    written."""
+    """A parser whose ``--help`` shows ``description`` (the study module's
+    docstring) as written."""
     return argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -120,21 +123,19 @@ def check_common_arguments(
     if args.strategies is None or allowed_strategies is None:
         return []
     allowed = list(allowed_strategies)
-    chosen = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in allowed]
-    if unknown or not chosen:
-        parser.error(
-            f"--strategies: unknown {', '.join(unknown) or '(none given)'}; "
-            f"choose from {', '.join(allowed)}"
-        )
-    return list(dict.fromkeys(chosen))
+    return choose(parser, "--strategies", args.strategies, allowed, as_given=True)
 
 
 def choose(
-    parser: argparse.ArgumentParser, name: str, text: str, allowed: Sequence[str]
+    parser: argparse.ArgumentParser,
+    name: str,
+    text: str,
+    allowed: Sequence[str],
+    as_given: bool = False,
 ) -> list[str]:
-    """The comma-separated names in ``text`` (option ``name``), in ``allowed``'s
-    order; ``parser.error`` on an unknown one or none."""
+    """The comma-separated names in ``text`` (option ``name``), each once, in
+    ``allowed``'s order (``as_given``: in ``text``'s); ``parser.error`` on an
+    unknown one or none."""
     chosen = [item.strip() for item in text.split(",") if item.strip()]
     unknown = [item for item in chosen if item not in allowed]
     if unknown or not chosen:
@@ -142,18 +143,43 @@ def choose(
             f"{name}: unknown {', '.join(unknown) or '(none given)'}; "
             f"choose from {', '.join(allowed)}"
         )
+    if as_given:
+        return list(dict.fromkeys(chosen))
     return [item for item in allowed if item in chosen]
 
 
+def run_config(
+    args: argparse.Namespace,
+    strategy: str,
+    partitioner: str,
+    knobs: Mapping[str, Any] | None = None,
+    rounds: int | None = None,
+) -> dict[str, Any]:
+    """A run's ``--run-config`` (``knobs`` after the strategy; ``rounds``, else
+    ``--rounds``); every other knob keeps its pyproject default."""
+    return {
+        "num-server-rounds": args.rounds if rounds is None else rounds,
+        "fraction-fit": FRACTION_FIT,
+        # Round 1 waits for every client, so each round samples C of all of them.
+        "min-available-clients": args.num_supernodes,
+        "strategy": strategy,
+        **(knobs or {}),
+        "partitioner": partitioner,
+        "dataset": args.dataset,
+        "data-dir": args.data_dir,
+        "seed": args.seed,
+    }
+
+
 def run_cli(
-    parse_args: Callable[[Sequence[str], str | None], argparse.Namespace],
+    parse_args: Callable[[Sequence[str]], argparse.Namespace],
     study: Callable[[argparse.Namespace, Sequence[str]], Study],
     argv: Sequence[str] | None = None,
     *,
-    description: str | None = None,
     runner: Runner | None = None,
 ) -> int:
-    """Parse ``argv`` (the process's by default), run the study, the exit code."""
+    """A study's command line: parse ``argv`` (the process's by default), run the
+    study, the exit code; ``runner`` replaces Flower."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv, description)
+    args = parse_args(argv)
     return run_study(study(args, argv), args, runner=runner)

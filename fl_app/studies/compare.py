@@ -1,12 +1,30 @@
-"""The strategy comparison, plan and report: every chosen strategy on IID and on
-McMahan's shards (runs ``<strategy>-<partitioner>``); ``compare.md`` (final
-accuracy, rounds to a target), ``.json``, ``.png``. CLI: scripts/compare_strategies.py.
+r"""Compare every registered strategy on IID and on pathological non-IID data.
+
+    .venv/bin/python scripts/compare_strategies.py
+
+runs each strategy of ``strategies.STRATEGIES`` with 100 virtual clients, C = 0.1 and
+30 rounds on Fashion-MNIST (``/usr/share/datasets/fashion-mnist``), once with
+``partitioner='iid'`` and once with ``partitioner='shards'`` (McMahan's 2 label
+shards per client): 24 runs on one SuperLink. It writes to ``outputs/compare/``:
+
+* ``compare.md``: per strategy, the final test accuracy and the rounds it took to
+  reach a target accuracy (``--target-iid``, ``--target-shards``), IID and shards;
+* ``compare.png``: test accuracy against round, IID and shards side by side;
+* ``compare.json``: the raw numbers (accuracy of every round of every run);
+* ``runs/<strategy>-<partitioner>/``: each finished run (history, config, logs).
+
+Running the same command again skips the runs already finished, so an interrupted
+study (Ctrl-C) resumes where it stopped. A quick try:
+
+    .venv/bin/python scripts/compare_strategies.py --rounds 2 \
+        --strategies fedavg,median --num-supernodes 20 --out outputs/compare-smoke
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from fl_app.files import write_json, write_text
@@ -14,39 +32,36 @@ from fl_app.studies.cli import (
     add_common_arguments,
     check_common_arguments,
     run_cli,
+    run_config,
     study_parser,
 )
 from fl_app.studies.driver import PlannedRun, RunResult, Study
 from fl_app.studies.report import (
+    COLUMN,
+    FRACTION_FIT,
+    PANEL,
     clock,
-    command_line,
     describe_setup,
     final_accuracy,
     first_config,
     markdown_table,
     percent,
     plot_curves,
-    provenance,
     rounds_to_target,
+    run_entry,
 )
 from strategies import STRATEGIES
 
 PARTITIONERS = ("iid", "shards")
-COLUMN = {"iid": "IID", "shards": "shards"}  # table column prefix
-PANEL = {"iid": "IID", "shards": "shards (non-IID)"}  # plot panel title
-FRACTION_FIT = 0.1  # C
-SCRIPT = "scripts/compare_strategies.py"
 
 
 def run_name(strategy: str, partitioner: str) -> str:
     return f"{strategy}-{partitioner}"
 
 
-def parse_args(
-    argv: Sequence[str], description: str | None = None
-) -> argparse.Namespace:
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse and validate; ``strategies`` and ``targets`` filled in."""
-    parser = study_parser(description)
+    parser = study_parser(__doc__)
     add_common_arguments(
         parser, default_out="outputs/compare", default_strategies=list(STRATEGIES)
     )
@@ -72,46 +87,21 @@ def parse_args(
     return args
 
 
-def main(argv: Sequence[str] | None = None, **options: Any) -> int:
-    """The command line (``description``: the ``--help`` text; ``runner``)."""
-    return run_cli(parse_args, Comparison, argv, **options)
-
-
 class Comparison(Study):
     """Strategies x partitioners; the report's table, JSON and plot."""
 
-    prog = "compare_strategies"
+    script = "scripts/compare_strategies.py"
     report_name = "compare.md"
     runs_word = " runs"
 
     def __init__(self, args: argparse.Namespace, argv: Sequence[str]) -> None:
-        super().__init__(args.out, command_line(SCRIPT, argv))
-        self.args = args
-        self.clients: int = args.num_supernodes
+        super().__init__(args, argv)
         self.strategies: list[str] = args.strategies
         self.targets: dict[str, float] = args.targets
 
     def plan(self) -> list[PlannedRun]:
-        return [
-            PlannedRun(run_name(s, p), f"{s} {p}", self.run_config(s, p), self.clients)
-            for p in PARTITIONERS
-            for s in self.strategies
-        ]
-
-    def run_config(self, strategy: str, partitioner: str) -> dict[str, Any]:
-        """One run's ``--run-config``; every other knob keeps its pyproject
-        default."""
-        return {
-            "num-server-rounds": self.args.rounds,
-            "fraction-fit": FRACTION_FIT,
-            # Round 1 waits for every client, so each round samples C of all.
-            "min-available-clients": self.clients,
-            "strategy": strategy,
-            "partitioner": partitioner,
-            "dataset": self.args.dataset,
-            "data-dir": self.args.data_dir,
-            "seed": self.args.seed,
-        }
+        config = partial(run_config, self.args)
+        return self.grid(self.strategies, PARTITIONERS, run_name, config)
 
     def headline(self, planned: int) -> str:
         return (
@@ -186,25 +176,22 @@ class Comparison(Study):
             f"accuracy reached X% (`> {args.rounds}`: not within the run). '-': not "
             "run (yet).",
             "![test accuracy against round, IID and shards](compare.png)",
-            provenance(
-                self.command, self.date, wall_seconds, results, len(self.plan())
-            ).rstrip("\n"),
+            self.provenance(results, wall_seconds).rstrip("\n"),
         ]
         write_text(self.out / "compare.md", "\n\n".join(lines) + "\n")
         runs = [
-            {
-                "name": run.name,
-                "strategy": s,
-                "partitioner": p,
-                "final_accuracy": final_accuracy(run.rows),
-                "target": targets[p],
-                "rounds_to_target": rounds_to_target(run.rows, targets[p]),
-                "seconds": run.seconds,
-                "reused": run.skipped,
-                "run_dir": str(run.run_dir),
-                "test_accuracy": [row["test_accuracy"] for row in run.rows],
-                "test_loss": [row["test_loss"] for row in run.rows],
-            }
+            run_entry(
+                run,
+                {
+                    "strategy": s,
+                    "partitioner": p,
+                    "final_accuracy": final_accuracy(run.rows),
+                    "target": targets[p],
+                    "rounds_to_target": rounds_to_target(run.rows, targets[p]),
+                },
+                "test_accuracy",
+                "test_loss",
+            )
             for s in self.strategies
             for p in PARTITIONERS
             if (run := result(s, p)) is not None
@@ -212,10 +199,7 @@ class Comparison(Study):
         write_json(
             self.out / "compare.json",
             {
-                "command": self.command,
-                "date": self.date,
-                "wall_seconds": wall_seconds,
-                "planned_runs": len(self.plan()),
+                **self.stamp(wall_seconds),
                 "num_supernodes": self.clients,
                 "rounds": args.rounds,
                 "targets": targets,
@@ -225,14 +209,10 @@ class Comparison(Study):
         )
         plot_curves(
             self.out / "compare.png",
-            {
-                PANEL[p]: {
-                    s: run.rows
-                    for s in self.strategies
-                    if (run := result(s, p)) is not None
-                }
-                for p in PARTITIONERS
-            },
+            self.curves(results),
             title=f"{args.dataset}, {self.clients} clients, C={FRACTION_FIT}",
             targets={PANEL[p]: targets[p] for p in PARTITIONERS},
         )
+
+
+main = partial(run_cli, parse_args, Comparison)

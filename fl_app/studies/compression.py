@@ -1,14 +1,46 @@
-"""The compression study, plan and report: every update codec on IID and Dirichlet
-data (runs ``<codec>-<partitioner>``); ``compression.md`` (upload, ratio and
-accuracy against ``none``, the goals), ``.json``, ``.png``. Its numbers are
-``compression_numbers``'. CLI: scripts/compression_study.py.
+r"""Compressed client updates: upload bytes against accuracy, IID and non-IID.
+
+    .venv/bin/python scripts/compression_study.py
+
+runs every update codec of ``fl_app/compression.py`` (``compression.scheme``:
+``none``, ``fp16``, ``int8``, ``topk`` with ``compression.topk-fraction`` 0.01,
+``sign``; error feedback on for topk and sign, as the app does by default) for 50
+rounds with the 2NN, 100 virtual clients, C = 0.1, E = 1, B = 10, client lr 0.1,
+``fedavg``, on Fashion-MNIST (``/usr/share/datasets/fashion-mnist``), once with
+``partitioner='iid'`` and once with ``partitioner='dirichlet'``
+(``dirichlet-alpha=0.5``): 10 runs on one SuperLink. It writes to
+``outputs/compression/``:
+
+* ``compression.md``: per scheme and partition, the upload bytes per round (the
+  mean over rounds 1..R of ``bytes_received``, the serialized replies), how many
+  times fewer than ``none``, the final test accuracy and its change against
+  ``none`` in points; then whether the goals were met: >= 4x fewer upload bytes
+  than ``none`` with <= 1 point of final accuracy lost (which schemes), and >= 20x
+  with <= 2 points for the best scheme, on each partition;
+* ``compression.png``: test accuracy against the cumulative uploaded bytes (MB,
+  log scale), one curve per scheme, IID and Dirichlet side by side;
+* ``compression.json``: the raw numbers (every round of every run), the goals and
+  provenance;
+* ``runs/<scheme>-<partitioner>/``: each finished run (history, config, logs),
+  e.g. ``runs/none-iid/``, ``runs/topk-0.01-dirichlet/``.
+
+``--topk-fractions 0.01,0.1`` runs topk once per fraction (``topk-0.01``,
+``topk-0.1``); ``--schemes`` and ``--partitioners`` choose a subset (``none``, the
+baseline, is always needed). Running the same command again skips the runs already
+finished, so an interrupted study (Ctrl-C) resumes where it stopped. A quick try:
+
+    .venv/bin/python scripts/compression_study.py --rounds 2 --schemes none,topk \
+        --partitioners iid --num-supernodes 20 --out outputs/compression-smoke
 """
 
+# The study's plan and report; its numbers are compression_numbers'.
 from __future__ import annotations
 
 import argparse
 import math
 from collections.abc import Mapping, Sequence
+from functools import partial
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +55,7 @@ from fl_app.studies.cli import (
     run_cli,
     study_parser,
 )
+from fl_app.studies.cli import run_config as shared_config
 from fl_app.studies.compression_numbers import (
     BASELINE,
     MB,
@@ -41,19 +74,18 @@ from fl_app.studies.compression_numbers import (
 )
 from fl_app.studies.driver import PlannedRun, RunResult, Study
 from fl_app.studies.report import (
+    FRACTION_FIT,
+    MODEL,
+    PANEL,
+    STRATEGY,
     History,
-    command_line,
     describe_setup,
     first_config,
     machine,
     plot_curves,
-    provenance,
+    run_entry,
 )
 
-SCRIPT = "scripts/compression_study.py"
-FRACTION_FIT = 0.1  # C
-MODEL = "2nn"
-STRATEGY = "fedavg"
 LOCAL_EPOCHS = 1  # E
 BATCH_SIZE = 10  # B
 LEARNING_RATE = 0.1
@@ -61,32 +93,20 @@ DIRICHLET_ALPHA = 0.5
 DEFAULT_ROUNDS = 50
 DEFAULT_TOPK_FRACTIONS = "0.01"
 ALPHA = "\N{GREEK SMALL LETTER ALPHA}"
-PANEL = {  # plot panel title
-    "iid": "IID",
-    "dirichlet": f"Dirichlet {ALPHA}={DIRICHLET_ALPHA:g} (non-IID)",
-}
+KEY = attrgetter("key")  # a codec's label
+#: What a run's JSON has per round.
+SERIES = ("bytes_received", "bytes_sent", "test_accuracy", "test_loss")
+PANEL = {**PANEL, "dirichlet": f"Dirichlet {ALPHA}={DIRICHLET_ALPHA:g} (non-IID)"}
 
 
 def run_config(
     args: argparse.Namespace, variant: Variant, partitioner: str
 ) -> dict[str, Any]:
     """One run's ``--run-config``; every other knob keeps its pyproject default."""
-    config: dict[str, Any] = {
-        "num-server-rounds": args.rounds,
-        "fraction-fit": FRACTION_FIT,
-        # Round 1 waits for every client, so each round samples C of all of them.
-        "min-available-clients": args.num_supernodes,
-        "strategy": STRATEGY,
-        "model": MODEL,
-        "local-epochs": LOCAL_EPOCHS,
-        "batch-size": BATCH_SIZE,
-        "learning-rate": LEARNING_RATE,
-        "partitioner": partitioner,
-        "dataset": args.dataset,
-        "data-dir": args.data_dir,
-        "seed": args.seed,
-        "compression.scheme": variant.scheme,
-    }
+    knobs = {"model": MODEL, "local-epochs": LOCAL_EPOCHS, "batch-size": BATCH_SIZE}
+    knobs["learning-rate"] = LEARNING_RATE
+    config = shared_config(args, STRATEGY, partitioner, knobs)
+    config["compression.scheme"] = variant.scheme
     if partitioner == "dirichlet":
         config["dirichlet-alpha"] = DIRICHLET_ALPHA
     if variant.topk_fraction is not None:
@@ -109,12 +129,10 @@ def plot_upload_curves(
     )
 
 
-def parse_args(
-    argv: Sequence[str], description: str | None = None
-) -> argparse.Namespace:
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse and validate (``parser.error`` on a bad option); fills in the data
     folder, and ``schemes``, ``topk_fractions`` and ``partitioners`` as lists."""
-    parser = study_parser(description)
+    parser = study_parser(__doc__)
     add_common_arguments(
         parser,
         default_out="outputs/compression",
@@ -174,34 +192,20 @@ def _fractions(parser: argparse.ArgumentParser, text: str) -> list[float]:
     return list(fractions.values())
 
 
-def main(argv: Sequence[str] | None = None, **options: Any) -> int:
-    """The command line (``description``: the ``--help`` text; ``runner``)."""
-    return run_cli(parse_args, CompressionStudy, argv, **options)
-
-
 class CompressionStudy(Study):
     """Codecs x partitioners; the report's table, goals, JSON and plot."""
 
-    prog = "compression_study"
+    script = "scripts/compression_study.py"
     report_name = "compression.md"
 
     def __init__(self, args: argparse.Namespace, argv: Sequence[str]) -> None:
-        super().__init__(args.out, command_line(SCRIPT, argv))
-        self.args = args
+        super().__init__(args, argv)
         self.codecs = variants(args.schemes, args.topk_fractions)
         self.numbers: dict[str, dict[str, dict[str, Any]]] = {}
 
     def plan(self) -> list[PlannedRun]:
-        return [
-            PlannedRun(
-                run_name(v, p),
-                f"{v.key} {p}",
-                run_config(self.args, v, p),
-                self.args.num_supernodes,
-            )
-            for p in self.args.partitioners
-            for v in self.codecs
-        ]
+        config = partial(run_config, self.args)
+        return self.grid(self.codecs, self.args.partitioners, run_name, config, KEY)
 
     def headline(self, planned: int) -> str:
         args = self.args
@@ -242,7 +246,6 @@ class CompressionStudy(Study):
         )
         topk = ", ".join(f"{f:g}" for f in args.topk_fractions)
         topk = f" (k = {topk})" if "topk" in args.schemes else ""
-        planned = len(self.plan())
         lines = [
             "# Compressed client updates: upload bytes against accuracy",
             f"{args.num_supernodes} virtual clients, {STRATEGY}, {args.rounds} "
@@ -265,8 +268,7 @@ class CompressionStudy(Study):
             "\n".join(f"- {line}" for line in self.verdict),
             "![test accuracy against cumulative upload, per partition]"
             "(compression.png)",
-            provenance(self.command, self.date, wall_seconds, results, planned)
-            + f"- machine: {machine()}",
+            self.provenance(results, wall_seconds) + f"- machine: {machine()}",
         ]
         write_text(self.out / "compression.md", "\n\n".join(lines) + "\n")
         write_json(
@@ -275,14 +277,7 @@ class CompressionStudy(Study):
         )
         plot_upload_curves(
             self.out / "compression.png",
-            {
-                PANEL[p]: {
-                    v.key: results[run_name(v, p)].rows
-                    for v in self.codecs
-                    if run_name(v, p) in results
-                }
-                for p in args.partitioners
-            },
+            self.curves(results, PANEL.__getitem__),
             title=f"{MODEL.upper()} on {args.dataset}, {args.num_supernodes} "
             f"clients, C={FRACTION_FIT}, {STRATEGY}",
         )
@@ -301,30 +296,15 @@ class CompressionStudy(Study):
                 run = results.get(run_name(variant, p))
                 if run is None:
                     continue
-                runs.append(
-                    {
-                        "name": run.name,
-                        "scheme": variant.scheme,
-                        "topk_fraction": variant.topk_fraction,
-                        "partitioner": p,
-                        **self.numbers[p][variant.key],
-                        "seconds": run.seconds,
-                        "reused": run.skipped,
-                        "run_dir": str(run.run_dir),
-                        "bytes_received": [
-                            row.get("bytes_received") for row in run.rows
-                        ],
-                        "bytes_sent": [row.get("bytes_sent") for row in run.rows],
-                        "test_accuracy": [row["test_accuracy"] for row in run.rows],
-                        "test_loss": [row.get("test_loss") for row in run.rows],
-                    }
-                )
+                fields = {
+                    "scheme": variant.scheme,
+                    "topk_fraction": variant.topk_fraction,
+                    "partitioner": p,
+                    **self.numbers[p][variant.key],
+                }
+                runs.append(run_entry(run, fields, *SERIES))
         return {
-            "command": self.command,
-            "date": self.date,
-            "machine": machine(),
-            "wall_seconds": wall_seconds,
-            "planned_runs": len(self.plan()),
+            **self.stamp(wall_seconds, with_machine=True),
             "dataset": args.dataset,
             "data_dir": args.data_dir,
             "num_supernodes": args.num_supernodes,
@@ -340,3 +320,6 @@ class CompressionStudy(Study):
             "verdict": self.verdict,
             "runs": runs,
         }
+
+
+main = partial(run_cli, parse_args, CompressionStudy)

@@ -9,16 +9,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from fl_app.studies.report import (
+    COLUMN,
+    TIMES,
     final_accuracy,
     markdown_table,
     mean_per_round,
     percent,
+    points,
 )
 
 PARTITIONERS = ("iid", "dirichlet")
-COLUMN = {"iid": "IID", "dirichlet": "Dirichlet"}  # table column prefix
 BASELINE = "none"
-TIMES = "\N{MULTIPLICATION SIGN}"
 MB = 1e6  # bytes: the report's and the plot's megabyte
 
 
@@ -126,17 +127,8 @@ def summarize(
             entry["upload_ratio"] = (  # None too when no bytes were recorded
                 base_upload / upload if upload and base_upload else None
             )
-            accuracy, base_accuracy = (
-                entry["final_accuracy"],
-                base.get("final_accuracy"),
-            )
-            # Accuracy is a count over 10,000 test images: 2 decimals of a point
-            # are exact, and rounding drops float noise (-0.9999999 is -1).
-            entry["accuracy_change_points"] = (
-                None
-                if accuracy is None or base_accuracy is None
-                else round(100 * (accuracy - base_accuracy), 2)
-            )
+            change = points(entry["final_accuracy"], base.get("final_accuracy"))
+            entry["accuracy_change_points"] = change
         numbers[p] = entries
     return numbers
 

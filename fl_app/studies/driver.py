@@ -5,50 +5,31 @@ and a report written from the runs finished so far. ``run_study`` is the studies
 only loop: ``[i/total]`` progress, the report after each run, Ctrl-C -> exit code
 130 and a failed run -> 1 (named), the report written with what finished.
 
-``RunStore`` keeps the runs: a finished one is ``<out>/runs/<name>/`` (the run
-folder, its logs, and a ``study-run.json`` marker with its configuration, written
-last), reused by the next invocation; another configuration under that name is
-refused. A run goes first to ``runs/.incomplete/<name>/``, and one interrupted
-after a round continues from its checkpoint. An flock keeps two studies out of one
-``<out>``. Runs go through ``SimulationSuperLink.run`` or an injected ``Runner``.
+The runs themselves are kept, reused and resumed by ``RunStore``
+(``fl_app.studies.runs``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import json
-import os
-import shutil
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from fl_app.checkpoint import CHECKPOINT_FILE
-from fl_app.data import cache_dir
-from fl_app.files import write_json
-from fl_app.launch.simulation import SimulationSuperLink
-from fl_app.results import read_history
-from fl_app.studies.report import RunResult, clock, percent
-
-RUNS = "runs"
-INCOMPLETE = ".incomplete"
-MARKER = "study-run.json"  # written last: its presence means the run finished
-
-#: Runs the app once: (run config with an absolute ``output-dir``, number of virtual
-#: clients, folder for its logs) -> the run folder the ServerApp wrote. Flower's
-#: unless one is injected (the tests inject a fake).
-Runner = Callable[[dict[str, Any], int, Path], Path]
-
-
-class StudyError(RuntimeError):
-    """A run did not complete, or ``<out>`` holds results of another study."""
+from fl_app.studies.report import (
+    PANEL,
+    History,
+    RunResult,
+    clock,
+    command_line,
+    machine,
+    provenance,
+)
+from fl_app.studies.runs import Runner, RunStore
 
 
 @dataclass(frozen=True)
@@ -59,21 +40,33 @@ class PlannedRun:
     label: str  # how progress lines call it
     run_config: dict[str, Any]  # flwr run's --run-config, without output-dir
     num_supernodes: int
+    curve: str = ""  # a grid study's: its row's curve label
+    column: str = ""  # and its column (partition, condition): the plot's panel
 
 
 class Study(ABC):
     """What one study is: its plan and its report (the driver does the rest)."""
 
-    prog: str  # the script's name, in front of an error message
+    script: str  # scripts/<prog>.py, as the report's command gives it
     report_name: str  # the markdown report, under ``out``; named by the last lines
     runs_word: str = ""  # after "(i of n" in the last lines, e.g. " runs"
     table: str = ""  # the report's table (markdown), once written
     verdict: Sequence[str] = ()  # the report's conclusions, one a line
 
-    def __init__(self, out: Path, command: str = "") -> None:
-        self.out = Path(out).expanduser().resolve()
-        self.command = command  # as the report's provenance gives it
+    def __init__(self, args: argparse.Namespace, argv: Sequence[str] = ()) -> None:
+        self.args = args
+        self.out = Path(args.out).expanduser().resolve()
+        self.command = command_line(self.script, argv)  # the report's provenance
         self.date = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+    @property
+    def prog(self) -> str:
+        """The script's name, in front of an error message."""
+        return Path(self.script).stem
+
+    @property
+    def clients(self) -> int:
+        return self.args.num_supernodes
 
     @abstractmethod
     def plan(self) -> list[PlannedRun]:
@@ -92,6 +85,52 @@ class Study(ABC):
     def after_run(self, run: PlannedRun) -> str | None:
         """A line printed after the run's progress line and report; None for none."""
         return None
+
+    def grid(
+        self,
+        rows: Sequence[Any],
+        columns: Sequence[str],
+        name: Callable[[Any, str], str],
+        config: Callable[[Any, str], dict[str, Any]],
+        label: Callable[[Any], str] = str,
+    ) -> list[PlannedRun]:
+        """A plan of every row (strategy, codec, setting) in every column
+        (partition, condition), column by column: run ``name(row, column)``,
+        labelled ``<label(row)> <column>``, on ``--num-supernodes`` clients."""
+        return [
+            PlannedRun(
+                name(r, c), f"{label(r)} {c}", config(r, c), self.clients, label(r), c
+            )
+            for c in columns
+            for r in rows
+        ]
+
+    def curves(
+        self,
+        results: Mapping[str, RunResult],
+        panel: Callable[[str], str] = PANEL.__getitem__,
+    ) -> dict[str, dict[str, History]]:
+        """A grid study's ``plot_curves`` panels: one a column, titled
+        ``panel(column)``, with the finished runs' rows by curve label."""
+        panels: dict[str, dict[str, History]] = {}
+        for run in self.plan():
+            curves = panels.setdefault(panel(run.column), {})
+            if run.name in results:
+                curves[run.curve] = results[run.name].rows
+        return panels
+
+    def provenance(self, results: Mapping[str, RunResult], wall_seconds: float) -> str:
+        """The report's closing lines (``report.provenance``) for this study."""
+        return provenance(
+            self.command, self.date, wall_seconds, results, len(self.plan())
+        )
+
+    def stamp(self, wall_seconds: float, with_machine: bool = False) -> dict[str, Any]:
+        """The report JSON's first keys: command, date, (machine,) times, runs."""
+        head = {"command": self.command, "date": self.date}
+        if with_machine:
+            head["machine"] = machine()
+        return {**head, "wall_seconds": wall_seconds, "planned_runs": len(self.plan())}
 
     def summary(self) -> list[str]:
         """Lines printed last, after the report's path: its table and verdict."""
@@ -147,238 +186,3 @@ def run_study(
         print(line, file=out)
     print(f"wall time {clock(time.monotonic() - started)}", file=out)
     return outcome
-
-
-class RunStore(ExitStack):
-    """The runs of one study, kept under ``<out_dir>/runs/``; one SuperLink. Use
-    as a context manager. ``runner`` replaces Flower (no SuperLink then); ``total``
-    is for the ``[i/total]`` progress; ``run_options`` go to
-    ``SimulationSuperLink.run`` (``cpus_per_client``, ``timeout``, ``echo``)."""
-
-    def __init__(
-        self,
-        out_dir: Path,
-        *,
-        total: int | None = None,
-        runner: Runner | None = None,
-        stream: TextIO | None = None,
-        **run_options: Any,
-    ) -> None:
-        super().__init__()
-        self.out_dir = Path(out_dir).expanduser().resolve()
-        self.runs_dir = self.out_dir / RUNS
-        self.total = total
-        self.stream = stream
-        self.results: dict[str, RunResult] = {}
-        self._runner = runner
-        self._run_options = run_options
-        self._superlink: SimulationSuperLink | None = None
-        self._open = False
-        self._count = 0
-
-    def __enter__(self) -> RunStore:
-        try:
-            self.runs_dir.mkdir(parents=True, exist_ok=True)
-            self.enter_context(_exclusive_lock(self.out_dir / ".study.lock"))
-            if self._runner is None:  # it starts nothing before the first run
-                link = SimulationSuperLink(self.out_dir / "logs")
-                self._superlink = self.enter_context(link)
-        except BaseException:
-            self.close()
-            raise
-        self._open = True
-        self.callback(setattr, self, "_open", False)
-        return self
-
-    def run(
-        self,
-        name: str,
-        run_config: dict[str, Any],
-        num_supernodes: int,
-        *,
-        label: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Run the app once (or reuse ``runs/<name>/`` if it finished before) and
-        return its history rows; prints one progress line."""
-        _check_name(name)
-        if not self._open:
-            raise RuntimeError("use RunStore as a context manager: with RunStore(...)")
-        self._count += 1
-        label = label or name
-        settings = {k: v for k, v in run_config.items() if k != "output-dir"}
-        wanted = {"run_config": settings, "num_supernodes": num_supernodes}
-        wanted = json.loads(json.dumps(wanted, default=str))  # as the marker has it
-        final = self.runs_dir / name
-        if (final / MARKER).exists():
-            marker = json.loads((final / MARKER).read_text())
-            found = {k: marker.get(k) for k in wanted}
-            if found != wanted:
-                raise StudyError(
-                    f"{final} holds a finished run of another configuration "
-                    f"({_difference(found, wanted)}); choose another --out, or "
-                    "delete that folder to run it again"
-                )
-            result = self._result(name, label, final, marker["seconds"], True)
-        elif final.exists():
-            raise StudyError(
-                f"{final} exists but holds no finished run (no {MARKER}); delete it"
-            )
-        else:
-            result = self._run_now(name, label, run_config, num_supernodes, wanted)
-        self.results[name] = result
-        self._progress(result)
-        return result.rows
-
-    def _run_now(
-        self,
-        name: str,
-        label: str,
-        run_config: dict[str, Any],
-        num_supernodes: int,
-        wanted: dict[str, Any],
-    ) -> RunResult:
-        staging = self.runs_dir / INCOMPLETE / name
-        config = {**run_config, "output-dir": str(staging)}
-        earlier = _resumable(staging)
-        if earlier is not None:  # an interrupted try got that far: continue it
-            config.update({"resume": True, "resume-dir": str(earlier)})
-            self._say(f"{label}: resuming {earlier} from its checkpoint")
-        else:
-            shutil.rmtree(staging, ignore_errors=True)  # a try without a round
-            staging.mkdir(parents=True)
-        log_dir = staging / "logs"
-        started = time.monotonic()
-        runner = self._runner or self._flower_runner
-        run_dir = Path(runner(config, num_supernodes, log_dir))
-        seconds = time.monotonic() - started
-        if not read_history(run_dir):
-            raise StudyError(f"run {name!r} left an empty history in {run_dir}")
-        if log_dir.exists():
-            shutil.move(log_dir, run_dir / "logs")
-        (run_dir.parent / "latest").unlink(missing_ok=True)
-        write_json(
-            run_dir / MARKER,
-            {
-                **wanted,
-                "name": name,
-                "seconds": seconds,
-                "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "run_folder": run_dir.name,
-            },
-        )
-        # A finished study run is never resumed: its clients' state (SCAFFOLD's
-        # c_i, error-feedback residuals, ~1.6 MB a client) can go.
-        shutil.rmtree(cache_dir() / "client-state" / run_dir.name, ignore_errors=True)
-        os.replace(run_dir, self.runs_dir / name)  # same filesystem: atomic
-        shutil.rmtree(staging, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            staging.parent.rmdir()  # .incomplete/, once empty
-        return self._result(name, label, self.runs_dir / name, seconds, False)
-
-    def _flower_runner(
-        self, run_config: dict[str, Any], num_supernodes: int, log_dir: Path
-    ) -> Path:
-        """Run the app through ``flwr run`` on the study's SuperLink; the run
-        folder, or a StudyError saying how it ended."""
-        assert self._superlink is not None
-        outcome = self._superlink.run(
-            run_config,
-            num_supernodes=num_supernodes,
-            log_path=log_dir / "run.log",
-            **self._run_options,
-        )
-        if outcome.completed and outcome.run_dir is not None:
-            return outcome.run_dir
-        ended = f"ended {outcome.status} {outcome.details}"
-        if outcome.run_dir is None and outcome.status == "finished:completed":
-            ended = (
-                f"completed but left no single run folder in {run_config['output-dir']}"
-            )
-        raise StudyError(
-            f"run {outcome.run_id} {ended}; log {outcome.log_path}, ends with:\n"
-            f"{_tail(outcome.log_path)}"
-        )
-
-    def _result(
-        self, name: str, label: str, run_dir: Path, seconds: float, skipped: bool
-    ) -> RunResult:
-        config_path = run_dir / "config.json"
-        config = json.loads(config_path.read_text()) if config_path.exists() else {}
-        return RunResult(
-            name, label, read_history(run_dir), seconds, skipped, run_dir, config
-        )
-
-    def _progress(self, result: RunResult) -> None:
-        count = f"{self._count}/{self.total}" if self.total else str(self._count)
-        last = result.rows[-1]
-        took = f"{result.seconds:.0f} s"
-        if result.skipped:
-            took += ", finished before: skipped"
-        self._say(
-            f"[{count}] {result.label}: {percent(last['test_accuracy'])} after "
-            f"{last['round']} rounds ({took})"
-        )
-
-    def _say(self, line: str) -> None:
-        print(line, file=self.stream or sys.stdout, flush=True)
-
-
-def _resumable(staging: Path) -> Path | None:
-    """The run folder an interrupted try left in ``staging`` with a checkpoint (it
-    completed a round at least), or None."""
-    if not staging.is_dir():
-        return None
-    found = [
-        p
-        for p in staging.iterdir()
-        if p.is_dir() and not p.is_symlink() and (p / CHECKPOINT_FILE).is_file()
-    ]
-    return found[0] if len(found) == 1 else None
-
-
-@contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    """An flock on ``path`` meanwhile: two studies must not share an ``<out>``
-    folder (they would run the same configurations twice)."""
-    with open(path, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StudyError(
-                f"another study is using {path.parent}; wait for it or choose "
-                "another --out"
-            ) from None
-        yield  # closing the file releases the lock
-
-
-def _check_name(name: str) -> None:
-    if not name or name.startswith(".") or "/" in name or name != name.strip():
-        raise ValueError(f"run name {name!r}: must be a plain folder name")
-
-
-def _difference(found: dict[str, Any], wanted: dict[str, Any]) -> str:
-    """What differs between two markers, ``key: old there, new now``."""
-    old, new = _flatten(found), _flatten(wanted)
-    return ", ".join(
-        f"{k}: {old.get(k, '-')!r} there, {new.get(k, '-')!r} now"
-        for k in sorted(set(old) | set(new))
-        if old.get(k) != new.get(k)
-    )
-
-
-def _flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Keys joined with dots (flwr's ``flatten_dict`` refuses None and lists)."""
-    flat: dict[str, Any] = {}
-    for key, item in value.items():
-        if isinstance(item, Mapping):
-            flat.update(_flatten(item, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = item
-    return flat
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"

@@ -9,10 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fl_app.studies.report import markdown_table, rounds_to_target
+from fl_app.studies.report import COLUMN, TIMES, markdown_table, rounds_to_target
 
 PARTITIONERS = ("iid", "shards")
-COLUMN = {"iid": "IID", "shards": "shards"}  # table column prefix
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,6 @@ SETTINGS: tuple[Setting, ...] = (
 )
 BY_KEY = {s.key: s for s in SETTINGS}
 BASELINE = "fedsgd"
-TIMES = "\N{MULTIPLICATION SIGN}"  # as in the paper: 12.3 and this sign
 
 # ----------------------------------------------------------------- the paper's numbers
 PAPER = (

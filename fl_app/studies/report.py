@@ -30,6 +30,16 @@ class RunResult:
     config: dict[str, Any]  # the run's full configuration (the ServerApp's config.json)
 
 
+#: What the studies share: C, the fraction of the clients sampled each round; the
+#: model and strategy of those that fix them; the partitions' names in a table's
+#: columns and a plot's panels; the "times" sign.
+FRACTION_FIT = 0.1
+MODEL = "2nn"
+STRATEGY = "fedavg"
+COLUMN = {"iid": "IID", "shards": "shards", "dirichlet": "Dirichlet"}
+PANEL = {"iid": "IID", "shards": "shards (non-IID)"}
+TIMES = "\N{MULTIPLICATION SIGN}"
+
 History = Sequence[Mapping[str, Any]]
 #: (x, test accuracy as a fraction) points of one curve, from its history rows.
 Points = Callable[[History], list[tuple[float, float]]]
@@ -61,6 +71,15 @@ def mean_per_round(rows: History, key: str) -> float | None:
         if row["round"] >= 1 and row.get(key) is not None
     ]
     return sum(values) / len(values) if values else None
+
+
+def points(fraction: float | None, base: float | None) -> float | None:
+    """``fraction`` minus ``base`` in percentage points, None if either is None.
+    Accuracy is a count over 10,000 test images: 2 decimals of a point are exact,
+    and rounding drops float noise (-0.9999999 is -1)."""
+    if fraction is None or base is None:
+        return None
+    return round(100 * (fraction - base), 2)
 
 
 def percent(fraction: float | None, digits: int = 1) -> str:
@@ -199,6 +218,21 @@ def plot_curves(
     plt.close(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, buffer.getvalue())
+
+
+def run_entry(
+    run: RunResult, fields: Mapping[str, Any], *series: str
+) -> dict[str, Any]:
+    """A run in a report's JSON: its name, ``fields``, its time and folder, then
+    each history key of ``series`` as a list over the rounds."""
+    return {
+        "name": run.name,
+        **fields,
+        "seconds": run.seconds,
+        "reused": run.skipped,
+        "run_dir": str(run.run_dir),
+        **{key: [row.get(key) for row in run.rows] for key in series},
+    }
 
 
 def command_line(script: str, argv: Sequence[str]) -> str:
