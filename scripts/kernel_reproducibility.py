@@ -2,9 +2,10 @@ r"""Does the history depend on the CPU's instruction set, and what does pinning 
 
     .venv/bin/python scripts/kernel_reproducibility.py        # about 2 min
 
-Runs workload W's one-process FedAvg loop (``fl_app.studies.benchmark``'s reference:
-the app's sampling, ``fl_app.training``, the same weighted average; 10 rounds) in a
-fresh process under several kernel settings, on this one machine:
+Runs workload W's one-process FedAvg loop (``fl_app.studies.reference_loop``, the
+benchmark's reference: the app's sampling, ``fl_app.training``, the same weighted
+average; 10 rounds) in a fresh process under several kernel settings, on this one
+machine:
 
 * ``default``: what torch picks for this CPU;
 * ``as-avx2``: MKL, oneDNN and ATen told to use at most AVX2, as on an older or
@@ -25,20 +26,14 @@ import argparse
 import sys
 import time
 
-from fl_app.studies.benchmark import DATA_DIR, reference_in_fresh_process
+from fl_app.studies.benchmark import DATA_DIR
+from fl_app.studies.reference_loop import reference_in_fresh_process
 
+KNOBS = ("MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 SETTINGS = {
     "default": {},
-    "as-avx2": {
-        "MKL_CBWR": "AVX2",
-        "ONEDNN_MAX_CPU_ISA": "AVX2",
-        "ATEN_CPU_CAPABILITY": "avx2",
-    },
-    "pinned": {
-        "MKL_CBWR": "COMPATIBLE",
-        "ONEDNN_MAX_CPU_ISA": "SSE41",
-        "ATEN_CPU_CAPABILITY": "default",
-    },
+    "as-avx2": dict(zip(KNOBS, ("AVX2", "AVX2", "avx2"), strict=True)),
+    "pinned": dict(zip(KNOBS, ("COMPATIBLE", "SSE41", "default"), strict=True)),
 }
 
 
@@ -58,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     reference = results[0][1]
     print(
         "\n| kernels | accuracy after round 1 .. R (%) | first round differing "
-        "from default | loop seconds (ratio) |"
+        "from default | loop seconds (ratio) |\n|---|---|---|---|"
     )
-    print("|---|---|---|---|")
     for name, outcome in results:
         accuracy = " ".join(f"{100 * a:.2f}" for a in outcome["accuracy"])
         pairs = zip(outcome["accuracy"], reference["accuracy"], strict=True)

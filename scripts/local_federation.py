@@ -56,10 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:
         print(f"local_federation: {error}", file=sys.stderr)
         return 2
-    try:
-        run_config = requested_run_config(args.run_config, args.resume, OUTPUTS)
-    except FileNotFoundError as error:
-        parser.error(str(error))
+    run_config = requested_run_config(parser, args, OUTPUTS)
     work_dir = args.work_dir.resolve() / time.strftime("%Y%m%d-%H%M%S")
     print(f"logs and state: {work_dir}", flush=True)
 

@@ -35,12 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    try:
-        run_config = requested_run_config(
-            args.run_config, args.resume, Path(args.output_dir)
-        )
-    except FileNotFoundError as error:
-        parser.error(str(error))
+    run_config = requested_run_config(parser, args, Path(args.output_dir))
     output_dir = Path(run_config["output-dir"])
     log_dir = output_dir / "logs"
 

@@ -6,6 +6,5 @@ Tooling for scripts and tests, never imported by the app itself:
 * ``flower_cli``: a private ``FLWR_HOME``, starting a SuperLink, ``flwr run``/``list``;
 * ``runs``: one run's config from the command line, and how it ended (``RunOutcome``);
 * ``simulation``: ``SimulationSuperLink``, the way scripts and studies run the app;
-* ``certs`` and ``federation``: the TLS files, and a real deployment on loopback;
-* ``memory``: the peak PSS of a family of processes, for the benchmark.
+* ``certs`` and ``federation``: the TLS files, and a real deployment on loopback.
 """

@@ -83,8 +83,15 @@ class CertError(RuntimeError):
     """Existing files contradict what was asked for."""
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret readable by its owner only (0600), also if the file existed."""
+def write_private(
+    path: Path,
+    key: ec.EllipticCurvePrivateKey,
+    form: serialization.PrivateFormat = serialization.PrivateFormat.PKCS8,
+) -> None:
+    """``key`` as unencrypted PEM (PKCS#8, or ``form``), readable by its owner only
+    (0600), also if the file existed."""
+    none = serialization.NoEncryption()
+    data = key.private_bytes(serialization.Encoding.PEM, form, none)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
@@ -97,14 +104,6 @@ def write_public(path: Path, data: bytes) -> None:
     os.chmod(path, 0o644)
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 def _general_name(san: str) -> x509.GeneralName:
     """An IP address SAN for IP literals (TLS checks those), a DNS name otherwise."""
     try:
@@ -114,13 +113,25 @@ def _general_name(san: str) -> x509.GeneralName:
 
 
 def _builder(
-    subject: str, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, days: int
+    subject: str,
+    public_key: ec.EllipticCurvePublicKey,
+    days: int,
+    issuer: x509.Name | None = None,
 ) -> x509.CertificateBuilder:
+    """A certificate for ``subject``: with no ``issuer``, a self-signed CA that
+    signs certificates only, path length 0 (not other CAs); else one whose key
+    signs only (the TLS handshake of a server)."""
+    ca = issuer is None
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     now = datetime.datetime.now(datetime.UTC)
+    usage = dict.fromkeys(
+        ["content_commitment", "key_encipherment", "data_encipherment"], False
+    )
+    usage |= {"key_agreement": False, "encipher_only": False, "decipher_only": False}
     return (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(issuer)
+        .subject_name(name)
+        .issuer_name(name if issuer is None else issuer)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -128,35 +139,25 @@ def _builder(
         .add_extension(
             x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False
         )
+        .add_extension(
+            x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True
+        )
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=not ca, key_cert_sign=ca, crl_sign=ca, **usage
+            ),
+            critical=True,
+        )
     )
 
 
 def make_ca(
     out: Path, days: int
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A new private CA; path length 0: it signs certificates, not other CAs."""
+    """A new private CA: ``ca.crt`` and ``ca.key``."""
     key = ec.generate_private_key(CURVE())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fl-app federation CA")])
-    cert = (
-        _builder("fl-app federation CA", name, key.public_key(), days)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, HASH())
-    )
-    write_private(out / "ca.key", _pem_key(key))
+    cert = _builder("fl-app federation CA", key.public_key(), days).sign(key, HASH())
+    write_private(out / "ca.key", key)
     write_public(out / "ca.crt", cert.public_bytes(serialization.Encoding.PEM))
     return cert, key
 
@@ -182,25 +183,10 @@ def make_server_cert(
     key = ec.generate_private_key(CURVE())
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
     cert = (
-        _builder("fl-app superlink", ca_cert.subject, key.public_key(), days)
+        _builder("fl-app superlink", key.public_key(), days, ca_cert.subject)
         .add_extension(
             x509.SubjectAlternativeName([_general_name(s) for s in sans]),
             critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
         )
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
@@ -213,7 +199,7 @@ def make_server_cert(
         )
         .sign(ca_key, HASH())
     )
-    write_private(out / "superlink.key", _pem_key(key))
+    write_private(out / "superlink.key", key)
     write_public(out / "superlink.crt", cert.public_bytes(serialization.Encoding.PEM))
 
 
@@ -228,14 +214,7 @@ def server_sans(path: Path) -> set[str]:
 def make_supernode_key(private_path: Path) -> None:
     """An ECDSA P-384 pair: OpenSSH private key (0600) and ``<name>.pub`` line."""
     key = ec.generate_private_key(CURVE())
-    write_private(
-        private_path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        ),
-    )
+    write_private(private_path, key, serialization.PrivateFormat.OpenSSH)
     public = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
@@ -286,8 +265,7 @@ def ensure(
             )
     for i in range(num_supernodes):
         key_path = out / f"supernode-{i}"
-        pub_path = out / f"supernode-{i}.pub"
-        if force or not (key_path.exists() and pub_path.exists()):
+        if force or not (key_path.exists() and key_path.with_suffix(".pub").exists()):
             make_supernode_key(key_path)
             written += [key_path.name, key_path.name + ".pub"]
     return written

@@ -13,9 +13,8 @@ outside their groups (the SuperLink starts its SuperExec in a session of its own
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +26,14 @@ from fl_app.launch.flower_cli import (
     flwr_json,
     start_superlink,
 )
-from fl_app.launch.processes import (
-    LOOPBACK,
-    ManagedProcess,
-    free_port,
-    sigterm_as_interrupt,
-    uninterruptible,
-)
-from fl_app.launch.runs import RunOutcome, flwr_run_outcome
-
-APP_DIR = Path(__file__).resolve().parents[2]
-CONNECTION = "local"  # name of the SuperLink connection in the private FLWR_HOME
+from fl_app.launch.processes import LOOPBACK, ManagedProcess, free_port
+from fl_app.launch.runs import APP_DIR, RunOutcome, SuperLinkOwner
 
 
-class SuperNodeExited(RuntimeError):
-    """A SuperNode stopped while it was expected to connect."""
-
-
-class Federation:
+class Federation(SuperLinkOwner):
     """SuperLink + SuperNodes + CLI connection under ``work_dir``; see module doc."""
+
+    connection = "local"
 
     def __init__(
         self,
@@ -55,9 +43,9 @@ class Federation:
         env: Mapping[str, str] | None = None,
         app_dir: Path = APP_DIR,
     ) -> None:
+        super().__init__(app_dir)
         self.certs = certs
         self.work_dir = work_dir.resolve()
-        self.app_dir = app_dir
         self.log_dir = self.work_dir / "logs"
         self.extra_env = dict(env or {})
         self.home = FlowerHome(self.work_dir / "cli")
@@ -65,19 +53,6 @@ class Federation:
         self.supernodes: dict[str, ManagedProcess] = {}
         self.address = ""
         self._runs = 0
-        self._signals = ExitStack()
-
-    def __enter__(self) -> Federation:
-        """Meanwhile SIGTERM is a KeyboardInterrupt, so it too stops everything."""
-        self._signals.enter_context(sigterm_as_interrupt())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Stop every process (a second Ctrl-C must not cut that short), then give
-        SIGTERM its handler back."""
-        with uninterruptible():
-            self.stop()
-        self._signals.close()
 
     def start(
         self, num_supernodes: int, connect_timeout: float = 60, *, echo: bool = False
@@ -101,27 +76,16 @@ class Federation:
         """
         home = self.work_dir / "superlink"
         home.mkdir(parents=True, exist_ok=True)
-        args = [
-            "--ssl-ca-certfile",
-            str(self.certs.ca_cert.resolve()),
-            "--ssl-certfile",
-            str(self.certs.superlink_cert.resolve()),
-            "--ssl-keyfile",
-            str(self.certs.superlink_key.resolve()),
-            "--enable-supernode-auth",
-            "--database",
-            str(home / "state.db"),
-        ]
+        args = ["--ssl-ca-certfile", str(self.certs.ca_cert.resolve())]
+        args += ["--ssl-certfile", str(self.certs.superlink_cert.resolve())]
+        args += ["--ssl-keyfile", str(self.certs.superlink_key.resolve())]
+        args += ["--enable-supernode-auth", "--database", str(home / "state.db")]
+        log_path, env = self.log_dir / "superlink.log", self._env(home / "flwr-home")
         for attempt in range(1, attempts + 1):
             port = free_port()
             try:
                 self.superlink = start_superlink(
-                    args,
-                    port,
-                    self.log_dir / "superlink.log",
-                    self._env(home / "flwr-home"),
-                    cwd=home,
-                    timeout=timeout,
+                    args, port, log_path, env, cwd=home, timeout=timeout
                 )
             except RuntimeError:  # exited before listening: the port may be taken
                 if attempt == attempts:
@@ -129,22 +93,20 @@ class Federation:
                 continue
             self.address = f"{LOOPBACK}:{port}"
             self.home.add_connection(
-                CONNECTION, self.address, root_certificates=self.certs.ca_cert
+                self.connection, self.address, root_certificates=self.certs.ca_cert
             )
             return
 
     # ----------------------------------------------------------------- CLI
     def register(self, public_key: Path) -> int:
         """``flwr supernode register``: allow the node holding the private key in."""
-        args = ("supernode", "register", str(public_key), CONNECTION)
+        args = ("supernode", "register", str(public_key), self.connection)
         return int(flwr_json(self.home, *args)["node-id"])
 
-    def nodes(self) -> list[dict[str, Any]]:
-        """``flwr supernode list``: every registered node and its status."""
-        return list(flwr_json(self.home, "supernode", "list", CONNECTION)["nodes"])
-
     def online(self) -> int:
-        return sum(node.get("status") == "online" for node in self.nodes())
+        """How many registered nodes ``flwr supernode list`` shows online."""
+        nodes = flwr_json(self.home, "supernode", "list", self.connection)["nodes"]
+        return sum(node.get("status") == "online" for node in nodes)
 
     # ----------------------------------------------------------------- SuperNodes
     def start_supernode(
@@ -154,7 +116,6 @@ class Federation:
         *,
         private_key: Path | None,
         root_certificates: Path | None,
-        extra_args: Sequence[str] = (),
     ) -> ManagedProcess:
         """One ``flower-supernode`` with its own Runtime API port, home and log.
 
@@ -163,29 +124,15 @@ class Federation:
         """
         home = self.work_dir / name
         home.mkdir(parents=True, exist_ok=True)
-        command = [
-            flower_bin("flower-supernode"),
-            "--superlink",
-            self.address,
-            "--node-config",
-            node_config,
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(free_port()),
-        ]
+        command = [flower_bin("flower-supernode"), "--superlink", self.address]
+        command += ["--node-config", node_config, "--host", LOOPBACK]
+        command += ["--port", str(free_port())]
         if root_certificates is not None:
             command += ["--root-certificates", str(root_certificates.resolve())]
         if private_key is not None:
             command += ["--auth-supernode-private-key", str(private_key.resolve())]
-        command += list(extra_args)
-        process = ManagedProcess.start(
-            name,
-            command,
-            self.log_dir / f"{name}.log",
-            env=self._env(home / "flwr-home"),
-            cwd=home,
-        )
+        log_path, env = self.log_dir / f"{name}.log", self._env(home / "flwr-home")
+        process = ManagedProcess.start(name, command, log_path, env=env, cwd=home)
         self.supernodes[name] = process
         return process
 
@@ -214,7 +161,7 @@ class Federation:
         while time.monotonic() < deadline:
             for process in self.supernodes.values():
                 if not process.alive():
-                    raise SuperNodeExited(
+                    raise RuntimeError(
                         f"{process.name} exited with status {process.popen.returncode}"
                         f" before the federation was up; see {process.log_path}:\n"
                         + process.tail(12)
@@ -248,14 +195,9 @@ class Federation:
         """
         run_config = {"partition-source": "node", **run_config}
         self._runs += 1
-        return flwr_run_outcome(
-            self.app_dir,
-            CONNECTION,
-            self.home,
-            run_config,
-            log_path=self.log_dir / f"run-{self._runs}.log",
-            echo=echo,
-            timeout=timeout,
+        log_path = self.log_dir / f"run-{self._runs}.log"
+        return self._run(
+            self.home, run_config, log_path=log_path, timeout=timeout, echo=echo
         )
 
     # ----------------------------------------------------------------- shutdown

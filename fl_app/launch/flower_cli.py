@@ -53,11 +53,9 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
 
 
 def flower_bin(name: str) -> str:
-    """A Flower executable from this interpreter's environment (venv not activated)."""
-    beside = Path(sys.executable).with_name(name)
-    if beside.exists():
-        return str(beside)
-    found = shutil.which(name)
+    """A Flower executable, this interpreter's environment first (venv not activated):
+    looked up on the PATH ``flower_env`` gives Flower's processes."""
+    found = shutil.which(name, path=flower_env(Path())["PATH"])
     if found is None:
         raise FileNotFoundError(f"{name} not found: install the app with pip first")
     return found
@@ -112,15 +110,6 @@ def start_superlink(
         process.stop()
         raise
     return process
-
-
-def start_simulation_superlink(
-    home: FlowerHome, port: int, log_dir: Path
-) -> ManagedProcess:
-    """A SuperLink in simulation mode on ``127.0.0.1:port``, owned by the caller."""
-    args = ["--insecure", "--simulation", "--isolation", "subprocess"]
-    args += ["--database", str(home.path / "state.db")]
-    return start_superlink(args, port, log_dir / "superlink.log", home.env())
 
 
 def simulation_config(num_supernodes: int, cpus_per_client: int) -> dict[str, Any]:
@@ -196,7 +185,40 @@ def flwr_run(
         command += ["--run-config", config_args(run_config)]
         if federation_config:
             command += ["--federation-config", config_args(federation_config)]
-        return _stream_run(command, home, log_path, timeout, echo)
+        process = ManagedProcess.start(
+            "flwr run", command, log_path, env=home.env(), pipe=True
+        )
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            process.stop()
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
+        run_id: int | None = None
+        assert process.popen.stdout is not None
+        try:
+            with open(log_path, "ab") as log_file:
+                for raw in process.popen.stdout:
+                    log_file.write(raw)
+                    log_file.flush()
+                    line = raw.decode(errors="replace")
+                    if echo:
+                        sys.stdout.write(line)
+                        sys.stdout.flush()
+                    if run_id is None and "Successfully started run" in line:
+                        run_id = int(line.rsplit(" ", 1)[-1])
+        finally:
+            timer.cancel()
+            timer.join()  # a stop() the timer began ends before ours
+            process.stop()
+        if expired.is_set():
+            raise TimeoutError(f"flwr run exceeded {timeout:g}s; see {log_path}")
+        if run_id is None:
+            raise RuntimeError(f"flwr run did not start a run; see {log_path}")
+        return run_id
 
 
 @contextmanager
@@ -226,46 +248,6 @@ def staged_app(app_dir: Path) -> Iterator[Path]:
                 (staged / here).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, staged / here / name)
         yield staged
-
-
-def _stream_run(
-    command: list[str], home: FlowerHome, log_path: Path, timeout: float, echo: bool
-) -> int:
-    """Run the ``flwr run --stream`` command into ``log_path``; the run id."""
-    process = ManagedProcess.start(
-        "flwr run", command, log_path, env=home.env(), pipe=True
-    )
-    expired = threading.Event()
-
-    def expire() -> None:
-        expired.set()
-        process.stop()
-
-    timer = threading.Timer(timeout, expire)
-    timer.daemon = True
-    timer.start()
-    run_id: int | None = None
-    assert process.popen.stdout is not None
-    try:
-        with open(log_path, "ab") as log_file:
-            for raw in process.popen.stdout:
-                log_file.write(raw)
-                log_file.flush()
-                line = raw.decode(errors="replace")
-                if echo:
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
-                if run_id is None and "Successfully started run" in line:
-                    run_id = int(line.rsplit(" ", 1)[-1])
-    finally:
-        timer.cancel()
-        timer.join()  # a stop() the timer began ends before ours
-        process.stop()
-    if expired.is_set():
-        raise TimeoutError(f"flwr run exceeded {timeout:g}s; see {log_path}")
-    if run_id is None:
-        raise RuntimeError(f"flwr run did not start a run; see {log_path}")
-    return run_id
 
 
 def run_status(connection: str, home: FlowerHome, run_id: int) -> dict[str, Any]:

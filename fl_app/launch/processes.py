@@ -47,10 +47,8 @@ def wait_for_port(
                 f"listening on {host}:{port}; see {process.log_path}:\n"
                 + process.tail()
             )
-        with socket.socket() as sock:
-            sock.settimeout(0.5)
-            if sock.connect_ex((host, port)) == 0:
-                return
+        with suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
         time.sleep(0.2)
     raise TimeoutError(f"{process.name} did not listen on {host}:{port} in {timeout}s")
 

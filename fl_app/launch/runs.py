@@ -4,8 +4,8 @@ it ended.
 Shared by the simulation (``simulation.SimulationSuperLink``), the local TLS
 deployment (``federation.Federation``) and the scripts in front of them, so that a
 run reads the same whichever SuperLink it went to: ``RunOutcome`` (Flower's status,
-the folder the ServerApp wrote, the ``flwr run`` log) from ``flwr_run_outcome``, and
-one way to print it and pick the exit code (``report_outcome``).
+the folder the ServerApp wrote, the ``flwr run`` log) from ``SuperLinkOwner._run``,
+and one way to print it and pick the exit code (``report_outcome``).
 """
 
 from __future__ import annotations
@@ -14,15 +14,18 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from flwr.common.config import parse_config_args
 
 from fl_app.checkpoint import CHECKPOINT_FILE
 from fl_app.launch.flower_cli import FlowerHome, flwr_run, run_status
+from fl_app.launch.processes import sigterm_as_interrupt, uninterruptible
 
+APP_DIR = Path(__file__).resolve().parents[2]
 COMPLETED = "finished:completed"
 
 
@@ -41,38 +44,46 @@ class RunOutcome:
         return self.status == COMPLETED and self.run_dir is not None
 
 
-def flwr_run_outcome(
-    app_dir: Path,
-    connection: str,
-    home: FlowerHome,
-    run_config: Mapping[str, Any],
-    *,
-    log_path: Path,
-    federation_config: Mapping[str, Any] | None = None,
-    timeout: float = 1800,
-    echo: bool = False,
-) -> RunOutcome:
-    """``flwr run`` the app (see ``flower_cli.flwr_run``), then ask Flower how the
-    run ended (the CLI exits 0 for a failed run too) and find its folder."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    run_id = flwr_run(
-        app_dir,
-        connection,
-        home,
-        run_config,
-        log_path=log_path,
-        federation_config=federation_config,
-        timeout=timeout,
-        echo=echo,
-    )
-    status = run_status(connection, home, run_id)
-    return RunOutcome(
-        run_id=run_id,
-        status=str(status.get("status", "")),
-        details=str(status.get("status-details", "")),
-        run_dir=run_folder(run_config, run_id),
-        log_path=log_path,
-    )
+class SuperLinkOwner:
+    """What a simulation SuperLink and a local federation share: meanwhile SIGTERM
+    is a KeyboardInterrupt, on exit (error, Ctrl-C and SIGTERM too) ``stop()`` ends
+    every process, and ``flwr run`` reads how the run ended."""
+
+    connection: str  # the SuperLink's name in the private ``FLWR_HOME``
+
+    def __init__(self, app_dir: Path) -> None:
+        self.app_dir = app_dir
+        self._signals = ExitStack()
+
+    def __enter__(self) -> Self:
+        self._signals.enter_context(sigterm_as_interrupt())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with uninterruptible():  # a second Ctrl-C must not cut clean-up short
+            self.stop()
+        # Only now: restored inside ``uninterruptible``, SIGTERM's handler would be
+        # overwritten by the one it saw on entry (KeyboardInterrupt, for good).
+        self._signals.close()
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _run(
+        self, home: FlowerHome, run_config: Mapping[str, Any], **flwr_args: Any
+    ) -> RunOutcome:
+        """``flwr run`` the app (``flower_cli.flwr_run``, given ``flwr_args``),
+        then ask Flower how the run ended (the CLI exits 0 for a failed run too) and
+        find its folder."""
+        run_id = flwr_run(self.app_dir, self.connection, home, run_config, **flwr_args)
+        status = run_status(self.connection, home, run_id)
+        return RunOutcome(
+            run_id=run_id,
+            status=str(status.get("status", "")),
+            details=str(status.get("status-details", "")),
+            run_dir=run_folder(run_config, run_id),
+            log_path=flwr_args["log_path"],
+        )
 
 
 def run_folder(run_config: Mapping[str, Any], run_id: int) -> Path | None:
@@ -104,21 +115,21 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def requested_run_config(
-    text: str, resume: Path | None, default_output_dir: Path
+    parser: argparse.ArgumentParser, args: argparse.Namespace, default_output_dir: Path
 ) -> dict[str, Any]:
-    """The run config ``--run-config`` and ``--resume`` ask for; FileNotFoundError
-    naming ``--resume`` if that folder cannot be resumed."""
-    run_config = parse_run_config(text, default_output_dir)
-    return run_config if resume is None else resume_from(run_config, resume)
-
-
-def parse_run_config(text: str, default_output_dir: Path) -> dict[str, Any]:
-    """``--run-config`` overrides (Flower syntax) with ``output-dir`` made absolute:
-    the ServerApp runs in the SuperLink's working directory, not the caller's."""
-    run_config = parse_config_args([text]) if text else {}
+    """The run config ``--run-config`` (Flower syntax) and ``--resume`` ask for,
+    ``output-dir`` made absolute: the ServerApp runs in the SuperLink's working
+    directory, not the caller's. A ``--resume`` folder that cannot be resumed is a
+    usage error (``parser.error``, exit 2)."""
+    run_config = parse_config_args([args.run_config]) if args.run_config else {}
     output_dir = Path(str(run_config.get("output-dir", default_output_dir)))
     run_config["output-dir"] = str(output_dir.expanduser().resolve())
-    return run_config
+    if args.resume is None:
+        return run_config
+    try:
+        return resume_from(run_config, args.resume)
+    except FileNotFoundError as error:
+        parser.error(str(error))
 
 
 def resume_from(run_config: dict[str, Any], run_dir: Path) -> dict[str, Any]:

@@ -14,82 +14,41 @@ import tempfile
 from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from fl_app.launch.flower_cli import (
-    FlowerHome,
-    flwr_run,
-    run_status,
-    simulation_config,
-    start_simulation_superlink,
-)
-from fl_app.launch.processes import (
-    ManagedProcess,
-    free_port,
-    sigterm_as_interrupt,
-    uninterruptible,
-)
-from fl_app.launch.runs import COMPLETED, RunOutcome, flwr_run_outcome, run_folder
+from fl_app.launch.flower_cli import FlowerHome, simulation_config, start_superlink
+from fl_app.launch.processes import ManagedProcess, free_port
+from fl_app.launch.runs import APP_DIR, RunOutcome, SuperLinkOwner, run_folder
 
-# Besides its own names, the process and CLI helpers this module was first written
-# with stay importable from here, for callers that import them from here.
-__all__ = [
-    "APP_DIR",
-    "COMPLETED",
-    "CONNECTION",
-    "FlowerHome",
-    "ManagedProcess",
-    "RunOutcome",
-    "SimulationSuperLink",
-    "flwr_run",
-    "free_port",
-    "run_folder",
-    "run_status",
-    "sigterm_as_interrupt",
-    "simulation_config",
-    "start_simulation_superlink",
-    "uninterruptible",
-]
-
-APP_DIR = Path(__file__).resolve().parents[2]
-CONNECTION = "sim"
+__all__ = ["APP_DIR", "RunOutcome", "SimulationSuperLink", "run_folder"]
 
 
-class SimulationSuperLink:
+class SimulationSuperLink(SuperLinkOwner):
     """One simulation SuperLink for any number of runs; use as a context manager.
 
     ``log_dir`` receives ``superlink.log``. The SuperLink starts with the first
     ``run`` (or ``start``), so a caller whose runs are all done before needs none.
     """
 
+    connection = "sim"
+
     def __init__(self, log_dir: Path, *, app_dir: Path = APP_DIR) -> None:
+        super().__init__(app_dir)
         self.log_dir = Path(log_dir)
-        self.app_dir = app_dir
         self.home: FlowerHome | None = None
         self.superlink: ManagedProcess | None = None
         self._stack: ExitStack | None = None
-        self._signals = ExitStack()
 
     def __enter__(self) -> SimulationSuperLink:
-        self._signals.enter_context(sigterm_as_interrupt())
         self._stack = ExitStack()
-        return self
+        return super().__enter__()
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
+        """Stop the SuperLink (if it started) and remove its ``FLWR_HOME``."""
         stack, self._stack = self._stack, None
         self.home = self.superlink = None
         if stack is not None:
-            with uninterruptible():  # a second Ctrl-C must not cut clean-up short
-                stack.close()
-        # Only now: restored inside ``uninterruptible``, SIGTERM's handler would be
-        # overwritten by the one it saw on entry (KeyboardInterrupt, for good).
-        self._signals.close()
+            stack.close()
 
     def start(self) -> FlowerHome:
         """The SuperLink's ``FLWR_HOME``, starting the SuperLink if needed (a caller
@@ -103,8 +62,11 @@ class SimulationSuperLink:
             )
             home = FlowerHome(Path(tmp))
             port = free_port()
-            home.add_connection(CONNECTION, f"127.0.0.1:{port}")
-            self.superlink = start_simulation_superlink(home, port, self.log_dir)
+            home.add_connection(self.connection, f"127.0.0.1:{port}")
+            args = ["--insecure", "--simulation", "--isolation", "subprocess"]
+            args += ["--database", str(home.path / "state.db")]
+            log_path = self.log_dir / "superlink.log"
+            self.superlink = start_superlink(args, port, log_path, home.env())
             self._stack.callback(self.superlink.stop)
             self.home = home
         return self.home
@@ -121,9 +83,7 @@ class SimulationSuperLink:
     ) -> RunOutcome:
         """Run the app once with ``run_config`` (its ``output-dir`` absolute) on
         ``num_supernodes`` virtual clients; how it ended, whatever the ending."""
-        return flwr_run_outcome(
-            self.app_dir,
-            CONNECTION,
+        return self._run(
             self.start(),
             run_config,
             log_path=log_path,

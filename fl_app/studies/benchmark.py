@@ -25,58 +25,86 @@ two in one invocation and quote their ratio, since this machine's speed drifts.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fl_app.config import RunConfig
-from fl_app.data import IDX_FILES, client_data, find_idx, load_split
+from fl_app.data import IDX_FILES, find_idx
 from fl_app.files import write_json
 from fl_app.launch.certs import Certs, ensure
 from fl_app.launch.federation import Federation
-from fl_app.launch.memory import PssSampler
 from fl_app.launch.processes import sigterm_as_interrupt
 from fl_app.launch.simulation import SimulationSuperLink
-from fl_app.model import build_model, get_weights, set_weights
 from fl_app.results import HISTORY_JSON, read_history
-from fl_app.training import evaluate, seeded_generator, train
+from fl_app.studies.reference_loop import PssSampler, run_reference, sampling, steady
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What to measure: the flags of ``scripts/benchmark.py``, by the same names."""
-
-    rounds: int = 10
-    num_clients: tuple[int, ...] | list[int] = (100,)
-    max_supernodes: int = 100
-    clients_per_round: tuple[int, ...] | list[int] = (10,)
-    data_dir: str = DATA_DIR
-    cpus_per_client: int = 1
-    deployed: bool = False
-    out: Path = Path("outputs/benchmark")
-
-
-def run(plan: Plan) -> int:
-    """Measure ``plan``; the exit code (0, 1 if a run did not complete, 130 on
-    Ctrl-C or SIGTERM, after every process started is stopped)."""
-    out = plan.out.resolve()
+def main(argv: Sequence[str] | None = None) -> int:
+    """``scripts/benchmark.py``: the exit code (0, 1 if a run did not complete, 2
+    for a bad flag, 130 on Ctrl-C or SIGTERM, after every process started is
+    stopped)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument(
+        "--num-clients",
+        type=counts,
+        default="100",
+        help="virtual clients K, comma-separated",
+    )
+    parser.add_argument(
+        "--max-supernodes",
+        type=int,
+        default=100,
+        help="simulated SuperNodes serving the K clients (at least the clients "
+        "sampled a round); 0 = one SuperNode per client",
+    )
+    parser.add_argument(
+        "--clients-per-round", type=counts, default="10", help="comma-separated"
+    )
+    parser.add_argument("--data-dir", default=DATA_DIR)
+    parser.add_argument(
+        "--cpus-per-client",
+        type=int,
+        default=1,
+        help="Ray CPUs per client: 1 = one actor per core, 2 = one actor here",
+    )
+    parser.add_argument(
+        "--deployed",
+        action="store_true",
+        help="also time 3 rounds on the local TLS federation (3 SuperNodes)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("outputs/benchmark"))
+    args = parser.parse_args(argv)
+    # Refused before a SuperLink and Ray start, rather than failing after.
+    if args.rounds < 2:
+        parser.error("--rounds must be >= 2 (steady rounds are rounds 2..R)")
+    if max(args.clients_per_round) > min(args.num_clients):
+        parser.error(
+            f"--clients-per-round {max(args.clients_per_round)} exceeds "
+            f"--num-clients {min(args.num_clients)}"
+        )
+    for stem in (*IDX_FILES["train"], *IDX_FILES["test"]):
+        try:
+            find_idx(Path(args.data_dir), stem)
+        except FileNotFoundError as error:
+            parser.error(f"--data-dir: {error}")
+    out = args.out.resolve()
     try:
         with sigterm_as_interrupt():
-            measure(plan, out)
+            measure(args, out)
     except KeyboardInterrupt:
         print("\ninterrupted: every process started is stopped", file=sys.stderr)
         return 130
@@ -86,25 +114,20 @@ def run(plan: Plan) -> int:
     return 0
 
 
-def refusal(plan: Plan) -> str | None:
-    """What is wrong with ``plan``, named by its flag, or None: refused before a
-    SuperLink and Ray start, rather than failing after."""
-    if plan.rounds < 2:
-        return "--rounds must be >= 2 (steady rounds are rounds 2..R)"
-    if max(plan.clients_per_round) > min(plan.num_clients):
-        return (
-            f"--clients-per-round {max(plan.clients_per_round)} exceeds "
-            f"--num-clients {min(plan.num_clients)}"
-        )
-    for stem in (*IDX_FILES["train"], *IDX_FILES["test"]):
-        try:
-            find_idx(Path(plan.data_dir), stem)
-        except FileNotFoundError as error:
-            return f"--data-dir: {error}"
-    return None
+def counts(text: str) -> list[int]:
+    """``"10,100"`` -> [10, 100]: positive integers, or argparse names the flag."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers"
+        ) from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every count must be >= 1")
+    return values
 
 
-def measure(plan: Plan, out: Path) -> None:
+def measure(plan: argparse.Namespace, out: Path) -> None:
     """Every (clients, per round) pair: the app, then the reference; the table."""
     rows = []
     for clients in plan.num_clients:
@@ -174,11 +197,6 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def steady(seconds: list[float]) -> float:
-    """The median round time from round 2 on (round 1 also pays for start-up)."""
-    return statistics.median(seconds[1:]) if len(seconds) > 1 else math.nan
-
-
 def run_app(
     config: RunConfig, num_supernodes: int, out: Path, cpus_per_client: int = 1
 ) -> dict[str, Any]:
@@ -189,32 +207,25 @@ def run_app(
     run_config = {key: config.to_flower()[key] for key in keys}
     log_path = out / "logs" / f"run-{num_supernodes}-{time.time_ns()}.log"
     phases: dict[str, float] = {}
+    memory = PssSampler(include_self=False)
     with SimulationSuperLink(out / "logs") as superlink:
         superlink.start()
-        with PssSampler(include_self=False) as memory:
-            started, stop = time.time(), threading.Event()
-            watch = (log_path, Path(config.output_dir), phases, stop)
-            watcher = threading.Thread(target=_watch, args=watch, daemon=True)
-            watcher.start()
-            try:
-                outcome = superlink.run(
-                    run_config,
-                    num_supernodes=num_supernodes,
-                    cpus_per_client=cpus_per_client,
-                    log_path=log_path,
-                )
-            finally:
-                stop.set()
-                watcher.join()
+        started = time.time()
+        watch = partial(_watch, log_path, Path(config.output_dir), phases, started)
+        with sampling(memory.sample, 0.25), sampling(watch, 0.05):
+            outcome = superlink.run(
+                run_config,
+                num_supernodes=num_supernodes,
+                cpus_per_client=cpus_per_client,
+                log_path=log_path,
+            )
     if not outcome.completed or outcome.run_dir is None:
         raise RuntimeError(f"run {outcome.run_id}: {outcome.status} {outcome.details}")
-    whole = log_path.stat().st_mtime - started
     rows = read_history(outcome.run_dir)
-    to_round_1 = phases.pop(ROUND_1, math.nan)
     return {
         "steady_round_s": steady([r["round_seconds"] for r in rows[1:]]),
-        "to_round_1_s": to_round_1,
-        "whole_s": whole,
+        "to_round_1_s": phases.pop(ROUND_1, math.nan),  # before "phases_s" below
+        "whole_s": log_path.stat().st_mtime - started,
         "peak_pss_mib": memory.peak / 2**20,
         "pss_mib_at_peak": {k: v / 2**20 for k, v in memory.at_peak.items()},
         "phases_s": phases,
@@ -237,23 +248,21 @@ ROUND_1 = "round 1 in history.json"
 
 
 def _watch(
-    log: Path, output_dir: Path, found: dict[str, float], stop: threading.Event
+    log: Path, output_dir: Path, found: dict[str, float], started: float
 ) -> None:
-    """When (s from now) each of ``PHASES`` first appears in the streamed log, and
-    round 1's row reaches history.json (``ROUND_1``: the run writes it then), to
-    50 ms; until all are seen or ``stop`` is set."""
-    started = time.monotonic()
-    while len(found) <= len(PHASES):
-        now = time.monotonic() - started
-        text = log.read_text(errors="replace") if log.is_file() else ""
-        for phase, marker in PHASES.items():
-            if phase not in found and marker in text:
-                found[phase] = now
-        histories = output_dir.glob(f"*/{HISTORY_JSON}")
-        if ROUND_1 not in found and any(_rows(path) >= 2 for path in histories):
-            found[ROUND_1] = now
-        if stop.wait(0.05):
-            return
+    """Note when (s from ``started``) each of ``PHASES`` first appears in the
+    streamed log, and round 1's row reaches history.json (``ROUND_1``: the run
+    writes it then); sampled every 50 ms, idle once all are seen."""
+    if len(found) > len(PHASES):
+        return
+    now = time.time() - started
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    for phase, marker in PHASES.items():
+        if phase not in found and marker in text:
+            found[phase] = now
+    histories = output_dir.glob(f"*/{HISTORY_JSON}")
+    if ROUND_1 not in found and any(_rows(path) >= 2 for path in histories):
+        found[ROUND_1] = now
 
 
 def _rows(history: Path) -> int:
@@ -262,72 +271,6 @@ def _rows(history: Path) -> int:
         return len(json.loads(history.read_text()))
     except (OSError, ValueError):
         return 0
-
-
-def run_reference(
-    config: RunConfig, num_clients: int, accuracies: list[float] | None = None
-) -> dict[str, Any]:
-    """FedAvg in one process, one thread: the app's sampling, training, averaging.
-    ``accuracies`` (if given) receives the test accuracy after each round."""
-    import torch
-
-    torch.set_num_threads(1)
-    started = time.monotonic()
-    with PssSampler(include_self=True) as memory:
-        test = load_split(config.dataset, config.data_dir, "test")
-        model = build_model(config.model, seed=config.seed)
-        weights = get_weights(model)
-        per_client = max(config.min_fit_clients, int(num_clients * config.fraction_fit))
-        seconds, round_1_done = [], math.nan
-        for server_round in range(1, config.num_server_rounds + 1):
-            round_started = time.monotonic()
-            rng = np.random.default_rng([config.seed, server_round, 0])
-            chosen = np.sort(rng.choice(num_clients, size=per_client, replace=False))
-            total, summed = 0, [np.zeros_like(w, dtype=np.float32) for w in weights]
-            for pid in chosen.tolist():
-                data, _ = client_data(
-                    config.dataset,
-                    config.data_dir,
-                    config.partitioner,
-                    pid,
-                    num_clients,
-                    alpha=config.dirichlet_alpha,
-                    val_fraction=config.val_fraction,
-                    seed=config.seed,
-                )
-                set_weights(model, weights)
-                train(
-                    model,
-                    data,
-                    epochs=config.local_epochs,
-                    batch_size=config.batch_size,
-                    lr=config.learning_rate,
-                    generator=seeded_generator(config.seed, server_round, pid),
-                )
-                for s, new, old in zip(
-                    summed, get_weights(model), weights, strict=True
-                ):
-                    s += len(data) * (old + (new - old))
-                total += len(data)
-            weights = [(s / total).astype(np.float32) for s in summed]
-            set_weights(model, weights)
-            if accuracies is None:
-                evaluate(model, test)
-            else:
-                accuracies.append(evaluate(model, test)[1])
-            seconds.append(time.monotonic() - round_started)
-            if server_round == 1:
-                round_1_done = time.monotonic() - started
-        accuracy = evaluate(model, test)[1]
-    return {
-        "steady_round_s": steady(seconds),
-        "to_round_1_s": round_1_done,
-        "whole_s": time.monotonic() - started,
-        "peak_pss_mib": memory.peak / 2**20,
-        "bytes_down_per_round": 0,
-        "bytes_up_per_round": 0,
-        "final_accuracy": accuracy,
-    }
 
 
 def run_deployed(rounds: int, data_dir: str, out: Path) -> dict[str, Any]:
@@ -363,37 +306,3 @@ def run_deployed(rounds: int, data_dir: str, out: Path) -> dict[str, Any]:
         "whole_s": whole,
         "final_accuracy": rows[-1]["test_accuracy"],
     }
-
-
-def reference_in_fresh_process(
-    env: Mapping[str, str], rounds: int, data_dir: str
-) -> dict[str, Any]:
-    """Workload W's reference loop (100 clients) in a new Python with ``env`` added,
-    since torch reads kernel settings (``MKL_CBWR``, ...) once, when it loads: the
-    loop's seconds and the test accuracy after each round."""
-    code = "from fl_app.studies.benchmark import report_reference as report\n"
-    code += f"report({rounds}, {data_dir!r})"
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr[-2000:])
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
-def report_reference(rounds: int, data_dir: str) -> None:
-    """The fresh process's side of ``reference_in_fresh_process``: a JSON line."""
-    config = RunConfig(
-        num_server_rounds=rounds,
-        dataset="fashion-mnist",
-        data_dir=data_dir,
-        min_available_clients=100,
-    )
-    accuracies: list[float] = []
-    started = time.monotonic()
-    run_reference(config, 100, accuracies)
-    print(json.dumps({"seconds": time.monotonic() - started, "accuracy": accuracies}))
