@@ -43,6 +43,9 @@ MAY_CHANGE = frozenset(
         "output-dir",
         "stop-at-accuracy",
         "dp.max-epsilon",
+        "tracking.tensorboard",
+        "tracking.mlflow-uri",
+        "tracking.mlflow-experiment",
     }
 )
 

@@ -242,6 +242,23 @@ class SecAggConfig:
         _positive(key("timeout"), self.timeout)
 
 
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where a run's metrics go besides its folder: TensorBoard event files in the
+    run folder (on by default), and an MLflow tracking store (opt-in)."""
+
+    tensorboard: bool = True  # event files in the run folder: tensorboard --logdir
+    mlflow_uri: str = ""  # e.g. "sqlite:///mlflow.db" or "file:./mlruns"; "" = off
+    mlflow_experiment: str = "fl-app"
+
+    def validate(self, key: KeyName) -> None:
+        if self.mlflow_uri and not self.mlflow_experiment:
+            raise ConfigError(
+                key("mlflow-experiment"),
+                "must name an experiment when mlflow-uri is set",
+            )
+
+
 # Table name in pyproject.toml -> its dataclass; the RunConfig field is the name with
 # "-" as "_".
 GROUPS: dict[str, type] = {
@@ -257,6 +274,7 @@ GROUPS: dict[str, type] = {
     "validation": ValidationConfig,
     "compression": CompressionConfig,
     "secagg": SecAggConfig,
+    "tracking": TrackingConfig,
 }
 
 
@@ -288,6 +306,7 @@ class RunConfig:
     output_dir: str = "outputs"
     resume: bool = False
     resume_dir: str = ""
+    reproducible: bool = False
     fedprox: FedProxConfig = field(default_factory=FedProxConfig)
     fedavgm: FedAvgMConfig = field(default_factory=FedAvgMConfig)
     fedopt: FedOptConfig = field(default_factory=FedOptConfig)
@@ -302,6 +321,7 @@ class RunConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:

@@ -20,6 +20,7 @@ from typing import Any
 
 from fl_app.launch.certs import Certs
 from fl_app.launch.flower_cli import (
+    Echo,
     FlowerHome,
     flower_bin,
     flower_env,
@@ -184,7 +185,7 @@ class Federation(SuperLinkOwner):
         self,
         run_config: Mapping[str, Any],
         *,
-        echo: bool = False,
+        echo: Echo = False,
         timeout: float = 1800,
     ) -> RunOutcome:
         """``flwr run`` the app, stream its log until it ends, read its status and

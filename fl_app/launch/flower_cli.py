@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,10 @@ import pathspec
 import tomli_w
 
 from fl_app.launch.processes import LOOPBACK, ManagedProcess, wait_for_port
+
+#: Where ``flwr run``'s streamed lines go besides its log: stdout (True), nowhere
+#: (False), or a function given each line.
+Echo = bool | Callable[[str], None]
 
 # Quiet, offline, and never install dependencies at run time: the app's environment
 # is the one it was installed into.
@@ -173,9 +177,12 @@ def flwr_run(
     log_path: Path,
     federation_config: Mapping[str, Any] | None = None,
     timeout: float = 1800,
-    echo: bool = False,
+    echo: Echo = False,
 ) -> int:
     """Submit the app, stream its logs until the run ends, return the run id.
+
+    ``echo``: each line of the stream goes to stdout (True) or to this function
+    (a progress display, ``fl_app.launch.progress``); always to ``log_path``.
 
     After ``timeout`` s the CLI is stopped and TimeoutError raised (by a timer: the
     reading loop only wakes on output, and a hung CLI may print nothing).
@@ -205,7 +212,9 @@ def flwr_run(
                     log_file.write(raw)
                     log_file.flush()
                     line = raw.decode(errors="replace")
-                    if echo:
+                    if callable(echo):
+                        echo(line)
+                    elif echo:
                         sys.stdout.write(line)
                         sys.stdout.flush()
                     if run_id is None and "Successfully started run" in line:

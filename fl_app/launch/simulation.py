@@ -16,7 +16,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from fl_app.launch.flower_cli import FlowerHome, simulation_config, start_superlink
+from fl_app.launch.flower_cli import (
+    Echo,
+    FlowerHome,
+    simulation_config,
+    start_superlink,
+)
 from fl_app.launch.processes import ManagedProcess, free_port
 from fl_app.launch.runs import APP_DIR, RunOutcome, SuperLinkOwner, run_folder
 
@@ -79,7 +84,7 @@ class SimulationSuperLink(SuperLinkOwner):
         cpus_per_client: int = 1,
         log_path: Path,
         timeout: float = 3600,
-        echo: bool = False,
+        echo: Echo = False,
     ) -> RunOutcome:
         """Run the app once with ``run_config`` (its ``output-dir`` absolute) on
         ``num_supernodes`` virtual clients; how it ended, whatever the ending."""
