@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from fl_app.config import RunConfig
-from fl_app.files import write_atomically
+from fl_app.files import write_atomically, write_text
 
 CHECKPOINT_FILE = "checkpoint.npz"
+RESUME_FILE = "resume.toml"
 FORMAT = 1
 #: Run-config keys a resumed run may change: how long and where, not what it trains.
 MAY_CHANGE = frozenset(
@@ -73,6 +74,22 @@ def save_checkpoint(path: Path, state: dict[str, Any], config: RunConfig) -> Non
 
 def load_checkpoint(path: Path, config: RunConfig) -> dict[str, Any]:
     """The state saved in ``path``, after checking it belongs to this run."""
+    saved, state = read_checkpoint(path)
+    differences = config_differences(saved, config.to_flower())
+    if differences:
+        raise CheckpointError(
+            f"{path} was made by a different run: {'; '.join(differences)} "
+            "(only " + ", ".join(sorted(MAY_CHANGE)) + " may change on resume; "
+            f"to resume the folder with its own config: flwr run . --run-config "
+            f"{path.parent / RESUME_FILE}, or scripts/simulate.py --resume "
+            f"{path.parent})"
+        )
+    return state
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run config (Flower's flat keys) and the state saved in ``path``,
+    unchecked."""
     if not path.is_file():
         raise CheckpointError(
             f"no checkpoint at {path}: resume needs the folder of a run that "
@@ -92,16 +109,32 @@ def load_checkpoint(path: Path, config: RunConfig) -> dict[str, Any]:
             f"{path}: unknown checkpoint format {meta.get('format')!r} "
             f"(this version reads format {FORMAT})"
         )
-    differences = config_differences(meta["config"], config.to_flower())
-    if differences:
-        raise CheckpointError(
-            f"{path} was made by a different run: {'; '.join(differences)} "
-            "(only " + ", ".join(sorted(MAY_CHANGE)) + " may change on resume)"
-        )
     try:
-        return _unpack(meta["state"], arrays)
+        return dict(meta["config"]), _unpack(meta["state"], arrays)
     except (KeyError, TypeError) as error:
         raise CheckpointError(f"{path}: inconsistent content ({error})") from None
+
+
+def write_resume_file(run_dir: Path, config: RunConfig) -> None:
+    """``resume.toml`` in the run folder: its whole run config, set to continue
+    that folder. Flower takes a TOML file as the ``--run-config``, so
+    ``flwr run . --run-config <folder>/resume.toml`` resumes the run with nothing
+    else to repeat, and every ClientApp reads the same config as the first time."""
+    values = {**config.to_flower(), "resume": True, "resume-dir": str(run_dir)}
+    lines = [
+        f"{json.dumps(key)} = {_toml_value(value)}" for key, value in values.items()
+    ]
+    header = f"# flwr run . --run-config {run_dir / RESUME_FILE}\n"
+    write_text(run_dir / RESUME_FILE, header + "\n".join(lines) + "\n")
+
+
+def _toml_value(value: Any) -> str:
+    """A scalar as TOML writes it (JSON's string escapes are TOML's too)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -25,6 +25,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 
 from fl_app import keys
 from fl_app.config import RunConfig
+from fl_app.kernels import pin_kernels
 
 if TYPE_CHECKING:
     from fl_app.client import PartitionClient
@@ -43,6 +44,8 @@ class PartitionRouter(NumPyClient):
     def __init__(self, context: Context) -> None:
         self.node = context
         self.config = RunConfig.from_flower(context.run_config)
+        if self.config.reproducible:
+            pin_kernels()  # before the message imports torch
 
     def client_for(
         self, message_config: dict[str, Scalar], state: RecordDict | None = None

@@ -350,6 +350,26 @@ class RunConfig:
         config.validate()
         return config
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build from ``dataclasses.asdict`` output (a run folder's ``config.json``)
+        and validate. Fields it lacks (a folder written before they existed) take
+        their defaults; a field RunConfig lacks is an error naming it."""
+        names = {item.name for item in dataclasses.fields(cls)}
+        for name in values.keys() - names:
+            raise ConfigError(name.replace("_", "-"), "unknown key")
+        fields = dict(values)
+        for group, kind in GROUPS.items():
+            name = group.replace("-", "_")
+            if isinstance(fields.get(name), Mapping):
+                known = {item.name for item in dataclasses.fields(kind)}
+                for sub in fields[name].keys() - known:
+                    raise ConfigError(f"{group}.{sub.replace('_', '-')}", "unknown key")
+                fields[name] = kind(**fields[name])
+        config = cls(**fields)
+        config.validate()
+        return config
+
     def to_flower(self) -> dict[str, Any]:
         """The flat, hyphenated mapping Flower would pass (``fedprox.mu`` etc.)."""
         flat: dict[str, Any] = {}

@@ -2,7 +2,10 @@
 
 Results land in ``<output-dir>/<timestamp>-run<id>/`` (and ``<output-dir>/latest``).
 With ``resume = true`` the run continues the folder ``resume-dir`` (default
-``<output-dir>/latest``) from its last checkpoint, and appends to its history.
+``<output-dir>/latest``) from its last checkpoint, and appends to its history; the
+folder's ``resume.toml`` is that run config, ready for ``flwr run --run-config``.
+Loading this module imports no torch, so ``reproducible = true`` can still pin the
+kernels of this process (``fl_app.kernels``).
 
 Two loops run the same strategy: Flower's legacy server loop (``start_grid``, which
 honours ``round-timeout``) and, with ``secagg.enabled``, Flower's ``DefaultWorkflow``
@@ -25,11 +28,10 @@ from flwr.server import (
 from flwr.server.compat import start_grid
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-from fl_app.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from fl_app.checkpoint import CHECKPOINT_FILE, load_checkpoint, write_resume_file
 from fl_app.config import RunConfig
 from fl_app.grid import with_shared_poller
-from fl_app.results import new_run_dir
-from strategies import strategy_class
+from fl_app.kernels import pin_kernels
 
 
 def server_fn(context: Context) -> ServerAppComponents:
@@ -38,6 +40,13 @@ def server_fn(context: Context) -> ServerAppComponents:
 
 
 def components(config: RunConfig, run_id: int) -> ServerAppComponents:
+    if config.reproducible:
+        pin_kernels()
+    # Imported now, not with this module: torch reads its kernel settings when it
+    # loads (fl_app.kernels), and the strategies and results import torch.
+    from fl_app.results import new_run_dir
+    from strategies import strategy_class
+
     kind = strategy_class(config)  # checked before any folder is made
     state = None
     if config.resume:
@@ -47,6 +56,7 @@ def components(config: RunConfig, run_id: int) -> ServerAppComponents:
     else:
         run_dir = new_run_dir(config.output_dir, run_id)
     log(INFO, "results of this run go to %s", run_dir)
+    write_resume_file(run_dir, config)
     strategy = kind(config, run_dir)
     if state is not None:
         strategy.load_state_dict(state)

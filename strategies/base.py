@@ -167,6 +167,7 @@ class BaseStrategy(FlowerFedAvg):
             "history": [asdict(record) for record in self.history],
             "stop_reason": self.stop_reason,
             "privacy": None if self.privacy is None else self.privacy.state_dict(),
+            "num_partitions": self.sampler.num_partitions,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -180,6 +181,7 @@ class BaseStrategy(FlowerFedAvg):
         self.stop_reason = state["stop_reason"]
         if self.privacy is not None:
             self.privacy.load_state_dict(state["privacy"])
+        self.sampler.resume(int(state.get("num_partitions", 0)))
 
     # ------------------------------------------------------------- what clients see
     def fit_config(self, server_round: int) -> dict[str, Scalar]:

@@ -55,6 +55,7 @@ class ClientSampler:
         self._nodes: list[ClientProxy] = []  # who can be sampled, in partition order
         self._num_partitions = 0
         self._drawn_from = 0  # clients the current round was drawn from
+        self._resumed_partitions = 0  # K of the run this one resumes; 0: a new run
 
     @property
     def num_partitions(self) -> int:
@@ -72,6 +73,21 @@ class ClientSampler:
         """N, every client that may take part: the partitions, or the nodes that
         reported theirs if more (SCAFFOLD averages its control variate over N)."""
         return max(self._num_partitions, len(self._partition_of))
+
+    def resume(self, num_partitions: int) -> None:
+        """This run continues one that had ``num_partitions`` partitions: each
+        client's data depends on K, so a round over another K is refused."""
+        self._resumed_partitions = num_partitions
+
+    def _check_resumed(self, server_round: int) -> None:
+        expected, found = self._resumed_partitions, self._num_partitions
+        if expected and found and found != expected:
+            raise NotEnoughClientsError(
+                f"round {server_round}: the run being resumed had {expected} "
+                f"partitions, this one has {found} (one per node with "
+                "num-partitions = 0): start it with as many clients as before "
+                f"(scripts/simulate.py --resume finds {expected} itself)"
+            )
 
     def draw(self, manager: ClientManager, server_round: int, salt: int) -> SeededDraw:
         """The client manager Flower's ``configure_fit``/``configure_evaluate`` is
@@ -100,8 +116,10 @@ class ClientSampler:
         if self.config.partition_source == "server":
             self._nodes = sorted(available.values(), key=lambda c: _node_order(c.cid))
             self._num_partitions = self.config.num_partitions or len(self._nodes)
+            self._check_resumed(server_round)
             return self._num_partitions
         self._learn_partitions(available, server_round)
+        self._check_resumed(server_round)
         known = [c for cid, c in available.items() if cid in self._partition_of]
         self._nodes = sorted(known, key=lambda client: self._partition_of[client.cid])
         return len(self._nodes)

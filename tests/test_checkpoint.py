@@ -17,6 +17,7 @@ from flwr.common import Context, ndarrays_to_parameters
 import strategies
 from fl_app.checkpoint import (
     CHECKPOINT_FILE,
+    RESUME_FILE,
     CheckpointError,
     load_checkpoint,
 )
@@ -217,14 +218,56 @@ def test_the_scripts_resume_option_checks_the_folder(tmp_path: Path) -> None:
 
     with pytest.raises(FileNotFoundError, match=r"no checkpoint\.npz"):
         resume_from({"seed": 1}, tmp_path)
-    (tmp_path / CHECKPOINT_FILE).write_bytes(b"")
-    config = resume_from({"seed": 1, "output-dir": "/elsewhere"}, tmp_path)
-    assert config == {
-        "seed": 1,
-        "resume": True,
-        "resume-dir": str(tmp_path.resolve()),
-        "output-dir": str(tmp_path.resolve().parent),
-    }
+
+
+def test_a_folder_alone_resumes_with_its_own_config(two_rounds: BaseStrategy) -> None:
+    """``--resume <folder>``: the folder's config.json is the run config; only how
+    long and where may be overridden, any other key that differs is refused by
+    name, and the ServerApp takes the result as it is."""
+    from fl_app.launch.runs import resume_from
+
+    assert two_rounds.run_dir is not None
+    run_dir = two_rounds.run_dir.resolve()
+    config = resume_from({}, run_dir)
+    expected = two_rounds.config.replace(
+        resume=True, resume_dir=str(run_dir), output_dir=str(run_dir.parent)
+    )
+    assert RunConfig.from_flower(config) == expected
+    assert config["strategy"] == "fedadam" and config["model"] == "mlp"
+
+    longer = resume_from({"num-server-rounds": 20, "strategy": "fedadam"}, run_dir)
+    assert longer["num-server-rounds"] == 20
+    with pytest.raises(ValueError, match="strategy = 'fedavg' differs"):
+        resume_from({"strategy": "fedavg"}, run_dir)
+
+    context = Context(
+        run_id=5, node_id=0, node_config={}, state=RecordDict(), run_config=longer
+    )
+    components = server_fn(context)
+    assert components.strategy.round_offset == 2  # type: ignore[union-attr]
+    assert components.config.num_rounds == 18
+
+
+def test_every_run_folder_holds_the_run_config_that_resumes_it(
+    two_rounds: BaseStrategy,
+) -> None:
+    """``resume.toml``, written by the ServerApp: what Flower reads from it with
+    ``flwr run . --run-config <folder>/resume.toml`` is the folder's own config set
+    to continue it, so plain ``flwr run`` resumes by folder too."""
+    from flwr.common.config import parse_config_args
+
+    from fl_app.launch.runs import resume_from
+
+    assert two_rounds.run_dir is not None
+    run_dir = two_rounds.run_dir.resolve()
+    run_config = resume_from({}, run_dir)
+    context = Context(
+        run_id=5, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
+    )
+    server_fn(context)
+    from_file = parse_config_args([str(run_dir / RESUME_FILE)])
+    assert from_file == RunConfig.from_flower(run_config).to_flower()
+    assert from_file["resume"] is True and from_file["resume-dir"] == str(run_dir)
 
 
 @pytest.mark.parametrize(

@@ -253,6 +253,20 @@ def test_too_few_nodes_for_the_sample_is_an_error(mnist_dir: Path) -> None:
         strategy.configure_fit(1, parameters_of(strategy), manager)
 
 
+def test_a_resumed_run_over_another_number_of_partitions_is_refused(
+    mnist_dir: Path,
+) -> None:
+    """One partition per node: a run resumed on fewer nodes would deal other data
+    to every client, so its first round stops, saying how many it needs."""
+    manager, _ = make_manager(NUM_NODES, shuffle_seed=5)
+    strategy = make_strategy(mnist_dir, partition_source="server")
+    strategy.sampler.resume(NUM_NODES + 5)
+    with pytest.raises(NotEnoughClientsError, match=f"had {NUM_NODES + 5} partitions"):
+        strategy.configure_fit(1, parameters_of(strategy), manager)
+    strategy.sampler.resume(NUM_NODES)
+    assert strategy.configure_fit(1, parameters_of(strategy), manager)
+
+
 def test_dealt_partitions_follow_the_seed_not_the_node_ids(mnist_dir: Path) -> None:
     """Other node ids, same seed: the same partitions, as when nodes are asked."""
     manager_a, _ = make_manager(NUM_NODES, shuffle_seed=5)

@@ -21,7 +21,8 @@ from typing import Any, Self
 
 from flwr.common.config import parse_config_args
 
-from fl_app.checkpoint import CHECKPOINT_FILE
+from fl_app.checkpoint import CHECKPOINT_FILE, MAY_CHANGE, read_checkpoint
+from fl_app.config import ConfigError, RunConfig
 from fl_app.launch.flower_cli import FlowerHome, flwr_run, run_status
 from fl_app.launch.processes import sigterm_as_interrupt, uninterruptible
 
@@ -100,43 +101,57 @@ def run_folder(run_config: Mapping[str, Any], run_id: int) -> Path | None:
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
-    """``--run-config`` and ``--resume``, the same for every script that runs once."""
+    """``--run-config``, ``--reproducible`` and ``--resume``, the same for every
+    script that runs once."""
     parser.add_argument(
         "--run-config",
         default="",
         help="overrides of [tool.flwr.app.config], Flower syntax",
     )
     parser.add_argument(
+        "--reproducible",
+        action="store_true",
+        help="pin the CPU kernels in every process: the same history on any CPU "
+        "(run config reproducible = true; slower, see docs/reproducibility.md)",
+    )
+    parser.add_argument(
         "--resume",
         type=Path,
         metavar="RUN_DIR",
-        help="continue this run folder from its last completed round",
+        help="continue this run folder from its last completed round, with its own "
+        "config (--run-config may change only how long and where)",
     )
 
 
 def requested_run_config(
     parser: argparse.ArgumentParser, args: argparse.Namespace, default_output_dir: Path
 ) -> dict[str, Any]:
-    """The run config ``--run-config`` (Flower syntax) and ``--resume`` ask for,
-    ``output-dir`` made absolute: the ServerApp runs in the SuperLink's working
-    directory, not the caller's. A ``--resume`` folder that cannot be resumed is a
-    usage error (``parser.error``, exit 2)."""
+    """The run config ``--run-config`` (Flower syntax), ``--reproducible`` and
+    ``--resume`` ask for, ``output-dir`` made absolute: the ServerApp runs in the
+    SuperLink's working directory, not the caller's. A ``--resume`` folder that
+    cannot be resumed, or an override it cannot take, is a usage error
+    (``parser.error``, exit 2)."""
     run_config = parse_config_args([args.run_config]) if args.run_config else {}
+    if args.reproducible:
+        run_config["reproducible"] = True
+    if args.resume is not None:
+        try:
+            return resume_from(run_config, args.resume)
+        except (FileNotFoundError, ValueError) as error:
+            parser.error(str(error))
     output_dir = Path(str(run_config.get("output-dir", default_output_dir)))
     run_config["output-dir"] = str(output_dir.expanduser().resolve())
-    if args.resume is None:
-        return run_config
-    try:
-        return resume_from(run_config, args.resume)
-    except FileNotFoundError as error:
-        parser.error(str(error))
+    return run_config
 
 
-def resume_from(run_config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """``run_config`` set to continue ``run_dir`` (``--resume`` of the scripts).
+def resume_from(overrides: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The run config that continues ``run_dir`` (``--resume`` of the scripts): the
+    folder's own ``config.json``, with ``overrides`` of the keys a resumed run may
+    change (``fl_app.checkpoint.MAY_CHANGE``: rounds, timeouts, where).
 
-    The folder is checked here too, so a typo fails before anything starts; the
-    ServerApp checks the checkpoint's content against the run config.
+    An override of any other key that differs from the folder's is a ValueError
+    naming it, since every process (the ServerApp and each ClientApp) must read the
+    config the run started with. The ServerApp checks the checkpoint against it too.
     """
     run_dir = run_dir.expanduser().resolve()
     if not (run_dir / CHECKPOINT_FILE).is_file():
@@ -144,12 +159,49 @@ def resume_from(run_config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
             f"--resume {run_dir}: no {CHECKPOINT_FILE} there (a run folder that "
             "completed at least one round has one)"
         )
+    saved = folder_run_config(run_dir)
+    for key, value in overrides.items():
+        if key not in MAY_CHANGE and key in saved and saved[key] != value:
+            raise ValueError(
+                f"--resume {run_dir}: {key} = {value!r} differs from the run's "
+                f"{saved[key]!r}; a resumed run keeps its config (only "
+                f"{', '.join(sorted(MAY_CHANGE))} may change)"
+            )
     return {
-        **run_config,
+        **saved,
+        **overrides,
         "resume": True,
         "resume-dir": str(run_dir),
         "output-dir": str(run_dir.parent),  # where the run lives, and its logs go
     }
+
+
+def folder_run_config(run_dir: Path) -> dict[str, Any]:
+    """A run folder's config as Flower's flat keys: its ``config.json``, written
+    when the run started (keys added since take their defaults)."""
+    from fl_app.results import CONFIG_FILE  # torch: only when resuming
+
+    path = run_dir / CONFIG_FILE
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise FileNotFoundError(
+            f"--resume {run_dir}: cannot read {path}: {error}"
+        ) from None
+    try:
+        config = RunConfig.from_dict(values)
+    except (ConfigError, TypeError) as error:
+        raise ValueError(f"--resume {run_dir}: {path}: {error}") from None
+    flat = config.to_flower()
+    flat.pop("resume-dir")  # set by resume_from; a resumed run's own is stale
+    return flat
+
+
+def resumed_partitions(run_dir: Path) -> int:
+    """K of the run in ``run_dir``: the clients a resumed run needs when it deals
+    one partition per node (0 if the checkpoint does not say)."""
+    _, state = read_checkpoint(run_dir / CHECKPOINT_FILE)
+    return int(state.get("num_partitions", 0))
 
 
 def report_outcome(outcome: RunOutcome, output_dir: Path, log_dir: Path) -> int:

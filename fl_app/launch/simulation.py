@@ -37,9 +37,18 @@ class SimulationSuperLink(SuperLinkOwner):
 
     connection = "sim"
 
-    def __init__(self, log_dir: Path, *, app_dir: Path = APP_DIR) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        app_dir: Path = APP_DIR,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``env``: variables added to the SuperLink's environment, which the
+        simulation (ServerApp and Ray actors) inherits (``fl_app.kernels``)."""
         super().__init__(app_dir)
         self.log_dir = Path(log_dir)
+        self.extra_env = dict(env or {})
         self.home: FlowerHome | None = None
         self.superlink: ManagedProcess | None = None
         self._stack: ExitStack | None = None
@@ -71,7 +80,8 @@ class SimulationSuperLink(SuperLinkOwner):
             args = ["--insecure", "--simulation", "--isolation", "subprocess"]
             args += ["--database", str(home.path / "state.db")]
             log_path = self.log_dir / "superlink.log"
-            self.superlink = start_superlink(args, port, log_path, home.env())
+            env = {**home.env(), **self.extra_env}
+            self.superlink = start_superlink(args, port, log_path, env)
             self._stack.callback(self.superlink.stop)
             self.home = home
         return self.home
