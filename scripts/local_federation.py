@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fl_app.launch.certs import Certs
 from fl_app.launch.federation import Federation
+from fl_app.launch.progress import RunProgress
 from fl_app.launch.runs import add_run_flags, report_outcome, requested_run_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     with Federation(certs, work_dir) as federation:  # stopped however this ends
         try:
             federation.start(args.num_supernodes, args.connect_timeout, echo=True)
-            outcome = federation.run(run_config, echo=True)
+            with RunProgress() as progress:
+                outcome = federation.run(run_config, echo=progress)
         except KeyboardInterrupt:
             print("\ninterrupted: stopping every process started", file=sys.stderr)
             return 130

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fl_app.launch.progress import RunProgress
 from fl_app.launch.runs import add_run_flags, report_outcome, requested_run_config
 from fl_app.launch.simulation import SimulationSuperLink
 
@@ -40,13 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = output_dir / "logs"
 
     try:
-        with SimulationSuperLink(log_dir) as superlink:
+        with SimulationSuperLink(log_dir) as superlink, RunProgress() as progress:
             outcome = superlink.run(
                 run_config,
                 num_supernodes=args.num_supernodes,
                 cpus_per_client=args.cpus_per_client,
                 log_path=log_dir / "run.log",
-                echo=True,
+                echo=progress,
             )
     except KeyboardInterrupt:
         print("\ninterrupted: the SuperLink is stopped", file=sys.stderr)

@@ -82,7 +82,9 @@ def add_common_arguments(
         help="seconds one run may take before it counts as failed (default: 3600)",
     )
     parser.add_argument(
-        "--verbose", action="store_true", help="stream every run's Flower log"
+        "--verbose",
+        action="store_true",
+        help="stream every run's Flower log (on a terminal, above the progress bars)",
     )
 
 

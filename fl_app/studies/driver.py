@@ -2,8 +2,10 @@
 
 A ``Study`` is a plan (``PlannedRun``: name, label, run config, virtual clients)
 and a report written from the runs finished so far. ``run_study`` is the studies'
-only loop: ``[i/total]`` progress, the report after each run, Ctrl-C -> exit code
-130 and a failed run -> 1 (named), the report written with what finished.
+only loop: its progress (``StudyProgress``: bars over the runs and the current
+run's rounds on a terminal, ``[i/total]`` lines otherwise), the report after each
+run, Ctrl-C -> exit code 130 and a failed run -> 1 (named), the report written with
+what finished.
 
 The runs themselves are kept, reused and resumed by ``RunStore``
 (``fl_app.studies.runs``).
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from fl_app.launch.progress import StudyProgress
 from fl_app.studies.report import (
     PANEL,
     History,
@@ -143,34 +146,39 @@ def run_study(
     *,
     runner: Runner | None = None,
     stream: TextIO | None = None,
+    live: bool | None = None,
 ) -> int:
     """Run ``study``'s plan, reusing finished runs; the exit code: 0, 1 when a run
     failed, 130 on Ctrl-C. ``args`` may set ``cpus_per_client``, ``run_timeout``
-    and ``verbose`` (Flower's log streamed); ``runner`` replaces Flower."""
+    and ``verbose`` (Flower's log streamed); ``runner`` replaces Flower; ``live``
+    (by default when ``stream`` is a terminal): progress bars."""
     out = stream or sys.stdout
     plan = study.plan()
     started = time.monotonic()
     if (headline := study.headline(len(plan))) is not None:
         print(headline, file=out, flush=True)
+    progress = StudyProgress(
+        len(plan), stream=out, live=live, verbose=getattr(args, "verbose", False)
+    )
     store = RunStore(
         study.out,
         total=len(plan),
         runner=runner,
         stream=out,
+        progress=progress,
         cpus_per_client=getattr(args, "cpus_per_client", 1),
         timeout=getattr(args, "run_timeout", 3600),
-        echo=getattr(args, "verbose", False),
     )
     outcome = 0
     current = ""
     try:
-        with store:
+        with progress, store:
             for run in plan:
                 current = run.name
                 store.run(run.name, run.run_config, run.num_supernodes, label=run.label)
                 study.write_report(store.results, time.monotonic() - started)
                 if (line := study.after_run(run)) is not None:
-                    print(line, file=out, flush=True)
+                    progress.message(line)
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are kept", file=sys.stderr)
         outcome = 130

@@ -5,7 +5,8 @@ folder, its logs, and a ``study-run.json`` marker with its configuration, writte
 last), reused by the next invocation; another configuration under that name is
 refused. A run goes first to ``runs/.incomplete/<name>/``, and one interrupted
 after a round continues from its checkpoint. An flock keeps two studies out of one
-``<out>``. Runs go through ``SimulationSuperLink.run`` or an injected ``Runner``.
+``<out>``. Runs go through ``SimulationSuperLink.run`` or an injected ``Runner``; a
+``StudyProgress`` shows them, if given (a line per run otherwise).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Any, TextIO
 from fl_app.checkpoint import CHECKPOINT_FILE
 from fl_app.data import cache_dir
 from fl_app.files import write_json
+from fl_app.launch.flower_cli import Echo
+from fl_app.launch.progress import StudyProgress
 from fl_app.launch.simulation import SimulationSuperLink
 from fl_app.results import read_history
 from fl_app.studies.report import RunResult, percent
@@ -47,7 +50,9 @@ class RunStore(ExitStack):
     """The runs of one study, kept under ``<out_dir>/runs/``; one SuperLink. Use
     as a context manager. ``runner`` replaces Flower (no SuperLink then); ``total``
     is for the ``[i/total]`` progress; ``run_options`` go to
-    ``SimulationSuperLink.run`` (``cpus_per_client``, ``timeout``, ``echo``)."""
+    ``SimulationSuperLink.run`` (``cpus_per_client``, ``timeout``, ``echo``).
+    ``progress`` shows the runs instead of those lines, and gives each run its
+    ``echo`` (its own count and total then)."""
 
     def __init__(
         self,
@@ -56,6 +61,7 @@ class RunStore(ExitStack):
         total: int | None = None,
         runner: Runner | None = None,
         stream: TextIO | None = None,
+        progress: StudyProgress | None = None,
         **run_options: Any,
     ) -> None:
         super().__init__()
@@ -63,6 +69,7 @@ class RunStore(ExitStack):
         self.runs_dir = self.out_dir / RUNS
         self.total = total
         self.stream = stream
+        self.progress = progress
         self.results: dict[str, RunResult] = {}
         self._runner = runner
         self._run_options = run_options
@@ -141,9 +148,12 @@ class RunStore(ExitStack):
             shutil.rmtree(staging, ignore_errors=True)  # a try without a round
             staging.mkdir(parents=True)
         log_dir = staging / "logs"
+        echo = self.progress.start(label) if self.progress is not None else None
         started = time.monotonic()
-        runner = self._runner or self._flower_runner
-        run_dir = Path(runner(config, num_supernodes, log_dir))
+        if self._runner is not None:
+            run_dir = Path(self._runner(config, num_supernodes, log_dir))
+        else:
+            run_dir = self._flower_runner(config, num_supernodes, log_dir, echo)
         seconds = time.monotonic() - started
         if not read_history(run_dir):
             raise StudyError(f"run {name!r} left an empty history in {run_dir}")
@@ -170,16 +180,24 @@ class RunStore(ExitStack):
         return self._result(name, label, self.runs_dir / name, seconds, False)
 
     def _flower_runner(
-        self, run_config: dict[str, Any], num_supernodes: int, log_dir: Path
+        self,
+        run_config: dict[str, Any],
+        num_supernodes: int,
+        log_dir: Path,
+        echo: Echo | None = None,
     ) -> Path:
-        """Run the app through ``flwr run`` on the study's SuperLink; the run
-        folder, or a StudyError saying how it ended."""
+        """Run the app through ``flwr run`` on the study's SuperLink (its lines to
+        ``echo``, else the store's); the run folder, or a StudyError saying how
+        it ended."""
         assert self._superlink is not None
+        options = (
+            self._run_options if echo is None else {**self._run_options, "echo": echo}
+        )
         outcome = self._superlink.run(
             run_config,
             num_supernodes=num_supernodes,
             log_path=log_dir / "run.log",
-            **self._run_options,
+            **options,
         )
         if outcome.completed and outcome.run_dir is not None:
             return outcome.run_dir
@@ -203,8 +221,17 @@ class RunStore(ExitStack):
         )
 
     def _progress(self, result: RunResult) -> None:
-        count = f"{self._count}/{self.total}" if self.total else str(self._count)
         last = result.rows[-1]
+        if self.progress is not None:
+            if result.skipped:
+                self.progress.skipped(result.label)
+            else:
+                summary = (
+                    f"{percent(last['test_accuracy'])} after {last['round']} rounds"
+                )
+                self.progress.finished(result.label, summary, result.seconds)
+            return
+        count = f"{self._count}/{self.total}" if self.total else str(self._count)
         took = f"{result.seconds:.0f} s"
         if result.skipped:
             took += ", finished before: skipped"
@@ -214,7 +241,10 @@ class RunStore(ExitStack):
         )
 
     def _say(self, line: str) -> None:
-        print(line, file=self.stream or sys.stdout, flush=True)
+        if self.progress is not None:
+            self.progress.message(line)
+        else:
+            print(line, file=self.stream or sys.stdout, flush=True)
 
 
 def _resumable(staging: Path) -> Path | None:
