@@ -20,7 +20,13 @@ from pathlib import Path
 from fl_app.launch.certs import Certs
 from fl_app.launch.federation import Federation
 from fl_app.launch.progress import RunProgress
-from fl_app.launch.runs import add_run_flags, report_outcome, requested_run_config
+from fl_app.launch.runs import (
+    add_run_flags,
+    num_supernodes,
+    process_env,
+    report_outcome,
+    requested_run_config,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUTS = REPO / "outputs"
@@ -28,7 +34,11 @@ OUTPUTS = REPO / "outputs"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-supernodes", type=int, default=3)
+    parser.add_argument(
+        "--num-supernodes",
+        type=int,
+        help="SuperNodes (default 3; with --resume, as many as the run had)",
+    )
     add_run_flags(parser)
     parser.add_argument(
         "--certs-dir",
@@ -49,21 +59,23 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds to wait for all SuperNodes to be online",
     )
     args = parser.parse_args(argv)
-    if args.num_supernodes < 1:
+    run_config = requested_run_config(parser, args, OUTPUTS)
+    supernodes = num_supernodes(args.num_supernodes, run_config, default=3)
+    if supernodes < 1:
         parser.error("--num-supernodes must be >= 1")
     certs = Certs(args.certs_dir.resolve())
     try:
-        certs.check(args.num_supernodes)
+        certs.check(supernodes)
     except FileNotFoundError as error:
         print(f"local_federation: {error}", file=sys.stderr)
         return 2
-    run_config = requested_run_config(parser, args, OUTPUTS)
     work_dir = args.work_dir.resolve() / time.strftime("%Y%m%d-%H%M%S")
     print(f"logs and state: {work_dir}", flush=True)
 
-    with Federation(certs, work_dir) as federation:  # stopped however this ends
+    env = process_env(run_config)  # the pinned kernels, with --reproducible
+    with Federation(certs, work_dir, env=env) as federation:  # stopped however it ends
         try:
-            federation.start(args.num_supernodes, args.connect_timeout, echo=True)
+            federation.start(supernodes, args.connect_timeout, echo=True)
             with RunProgress() as progress:
                 outcome = federation.run(run_config, echo=progress)
         except KeyboardInterrupt:

@@ -15,13 +15,23 @@ import sys
 from pathlib import Path
 
 from fl_app.launch.progress import RunProgress
-from fl_app.launch.runs import add_run_flags, report_outcome, requested_run_config
+from fl_app.launch.runs import (
+    add_run_flags,
+    num_supernodes,
+    process_env,
+    report_outcome,
+    requested_run_config,
+)
 from fl_app.launch.simulation import SimulationSuperLink
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-supernodes", type=int, default=100)
+    parser.add_argument(
+        "--num-supernodes",
+        type=int,
+        help="virtual clients (default 100; with --resume, as many as the run had)",
+    )
     parser.add_argument(
         "--cpus-per-client",
         type=int,
@@ -39,12 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     run_config = requested_run_config(parser, args, Path(args.output_dir))
     output_dir = Path(run_config["output-dir"])
     log_dir = output_dir / "logs"
+    supernodes = num_supernodes(args.num_supernodes, run_config, default=100)
+    env = process_env(run_config)  # the pinned kernels, with --reproducible
 
     try:
-        with SimulationSuperLink(log_dir) as superlink, RunProgress() as progress:
+        with (
+            SimulationSuperLink(log_dir, env=env) as superlink,
+            RunProgress() as progress,
+        ):
             outcome = superlink.run(
                 run_config,
-                num_supernodes=args.num_supernodes,
+                num_supernodes=supernodes,
                 cpus_per_client=args.cpus_per_client,
                 log_path=log_dir / "run.log",
                 echo=progress,

@@ -1,9 +1,11 @@
 """Crash and resume in Flower's simulation, with SCAFFOLD (server variate, and each
 client's c_i in its node's own store): a ``flwr run`` killed with SIGKILL in the
-middle of round 2 (the ServerApp's process and Ray) and resumed (``resume = true``)
-in its folder. The combined history must equal the uninterrupted run's to 1e-6 on
-every accuracy and loss; the uninterrupted run is the in-process one
-(``tests/inprocess.py``), which ``test_simulation.py`` shows equal to ``flwr run``.
+middle of round 2 (the ServerApp's process and Ray) and resumed in its folder by
+``scripts/simulate.py --resume <folder>`` alone: the run config (SCAFFOLD, the
+data, the seed, ...) and the number of clients come from the folder. The combined
+history must equal the uninterrupted run's to 1e-6 on every accuracy and loss; the
+uninterrupted run is the in-process one (``tests/inprocess.py``), which
+``test_simulation.py`` shows equal to ``flwr run``.
 
 The resumed run also serves as the module's check of what a finished run leaves
 behind (history, model, plot, ``latest``), of the clients' evaluation, and of client
@@ -14,6 +16,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,12 +29,7 @@ import pytest
 import torch
 
 from fl_app.checkpoint import CHECKPOINT_FILE
-from fl_app.launch.flower_cli import (
-    FlowerHome,
-    flwr_run,
-    run_status,
-    simulation_config,
-)
+from fl_app.launch.flower_cli import FlowerHome, flwr_run, simulation_config
 from fl_app.launch.processes import ManagedProcess
 from fl_app.model import build_model
 from fl_app.results import HISTORY_CSV, HISTORY_JSON, MODEL_FILE, PLOT_FILE
@@ -134,9 +134,7 @@ def test_a_finished_run_and_a_killed_and_resumed_one_agree(
     # ``flwr run`` of the same config.
     whole = in_process_history(run_config(mnist_dir, crash_dir), tmp_path / "whole")
 
-    thread, outcome = launch(
-        home, run_config(mnist_dir, crash_dir), tmp_path / "crash.log"
-    )
+    thread, _ = launch(home, run_config(mnist_dir, crash_dir), tmp_path / "crash.log")
     deadline = time.monotonic() + 300
     while rows_in(crash_dir) < KILLED_IN and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -149,16 +147,18 @@ def test_a_finished_run_and_a_killed_and_resumed_one_agree(
     assert [r["round"] for r in killed] == list(range(KILLED_IN)), "not mid-round 2"
     assert_same_history(killed, whole[:KILLED_IN])  # same seed, same rounds
 
-    resumed_config = {
-        **run_config(mnist_dir, crash_dir),
-        "resume": True,
-        "resume-dir": str(crash_run),
-    }
-    thread, outcome = launch(home, resumed_config, tmp_path / "resume.log")
-    thread.join(600)
-    assert "error" not in outcome, outcome
-    status = run_status("sim", home, outcome["run_id"])
-    assert status["status"] == "finished:completed", status
+    # Resumed as a user would after a crash: the folder, and no other flag.
+    simulate = str(APP_DIR / "scripts" / "simulate.py")
+    done = subprocess.run(
+        [sys.executable, simulate, "--resume", str(crash_run)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "finished:completed" in done.stdout
     assert (crash_run / CHECKPOINT_FILE).is_file()
     assert_same_history(read(crash_run), whole)
     # Also: every returning client found its c_i, after the kill too (the node's

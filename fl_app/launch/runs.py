@@ -23,6 +23,7 @@ from flwr.common.config import parse_config_args
 
 from fl_app.checkpoint import CHECKPOINT_FILE, MAY_CHANGE, read_checkpoint
 from fl_app.config import ConfigError, RunConfig
+from fl_app.kernels import pinned_env
 from fl_app.launch.flower_cli import FlowerHome, flwr_run, run_status
 from fl_app.launch.processes import sigterm_as_interrupt, uninterruptible
 
@@ -197,11 +198,25 @@ def folder_run_config(run_dir: Path) -> dict[str, Any]:
     return flat
 
 
-def resumed_partitions(run_dir: Path) -> int:
-    """K of the run in ``run_dir``: the clients a resumed run needs when it deals
-    one partition per node (0 if the checkpoint does not say)."""
-    _, state = read_checkpoint(run_dir / CHECKPOINT_FILE)
-    return int(state.get("num_partitions", 0))
+def num_supernodes(
+    requested: int | None, run_config: Mapping[str, Any], default: int
+) -> int:
+    """How many SuperNodes to start: as ``--num-supernodes`` says; else, resuming a
+    run that had one partition per node, as many as it had (its checkpoint says);
+    else ``default``."""
+    if requested is not None:
+        return requested
+    if run_config.get("resume") and not run_config.get("num-partitions"):
+        checkpoint = Path(str(run_config["resume-dir"])) / CHECKPOINT_FILE
+        _, state = read_checkpoint(checkpoint)
+        return int(state.get("num_partitions") or default)
+    return default
+
+
+def process_env(run_config: Mapping[str, Any]) -> dict[str, str]:
+    """What every Flower process of the run starts with besides Flower's own: the
+    pinned kernels when the run is ``reproducible`` (``fl_app.kernels``)."""
+    return pinned_env() if run_config.get("reproducible") else {}
 
 
 def report_outcome(outcome: RunOutcome, output_dir: Path, log_dir: Path) -> int:
