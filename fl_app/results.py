@@ -4,7 +4,8 @@ the summary and the config, and the progress line logged after every round.
 Every file is written to a temporary name and renamed over the old one, so a crash
 or a kill mid-write leaves the previous complete version, never a torn file; the
 history is rewritten after every round, so a run that dies keeps all rounds so far.
-``Recorder`` is what a strategy holds: its run folder, its history, its clock.
+``Recorder`` is what a strategy holds: its run folder, its history, its clock, and
+the trackers (``fl_app.tracking``: TensorBoard, MLflow) it feeds every round.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from logging import INFO
 from pathlib import Path
@@ -26,6 +28,7 @@ from torch import nn
 
 from fl_app.config import RunConfig
 from fl_app.files import write_atomically, write_json
+from fl_app.tracking import Tracking
 
 HISTORY_JSON = "history.json"
 SUMMARY_FILE = "summary.json"
@@ -213,14 +216,19 @@ class Recorder:
         self.name = name
         self.history: list[RoundRecord] = []
         self._started = self._round_started = self._plotted = time.monotonic()
+        self._resumed_after = 0  # the last round of the process before, if resumed
         if run_dir is not None:
             write_json(run_dir / CONFIG_FILE, asdict(config))
+        # Made now: a tracking store that cannot be opened stops the run here.
+        self.tracking = Tracking(config, run_dir)
 
     def load(self, rows: list[dict[str, Any]]) -> None:
         """Continue a resumed run's history; its clock goes on from the last row."""
         self.history = [RoundRecord(**row) for row in rows]
         if self.history:
             self._started = time.monotonic() - self.history[-1].elapsed_seconds
+            self._resumed_after = self.history[-1].round
+            self.tracking.resume(self._resumed_after)
 
     @property
     def last_round(self) -> int:
@@ -246,17 +254,28 @@ class Recorder:
         write_history(self.run_dir, self.history)
         if model is not None:
             save_model(self.run_dir, model)
-        last_round = self.history[-1].round if self.history else 0
+        self.tracking.update(self.history)
+        last = self.history[-1] if self.history else None
+        last_round = last.round if last is not None else 0
         ending = stop_reason is not None or last_round >= self.config.num_server_rounds
         if ending or time.monotonic() - self._plotted >= PLOT_EVERY_S:
             self.plot()
         self.write_summary(stop_reason)
+        # The last round's clients' evaluation, when there is one, comes in a save
+        # of its own after this one: the trackers finish with that.
+        evaluated = self.config.fraction_evaluate == 0 or (
+            last is not None and math.isfinite(last.federated_loss)
+        )
+        if stop_reason is not None or (ending and evaluated):
+            self.tracking.finish()
 
     def stopped(self, stop_reason: str) -> None:
         """The run ends before its next round: the summary says why, the plot is
         drawn one last time."""
         self.write_summary(stop_reason)
         self.plot()
+        self.tracking.update(self.history)
+        self.tracking.finish()
 
     def plot(self) -> None:
         """``history.png``: accuracy and loss against rounds."""
@@ -295,15 +314,7 @@ class Recorder:
         the final "done:" line after the last round."""
         total = self.config.num_server_rounds
         done = record.round
-        # Round 1 also pays for start-up (actors, data): time later rounds from it.
-        rounds = [r for r in self.history if r.round >= 1]
-        if len(rounds) >= 2:
-            per_round = (rounds[-1].elapsed_seconds - rounds[0].elapsed_seconds) / (
-                len(rounds) - 1
-            )
-        else:
-            per_round = record.elapsed_seconds / done if done else math.nan
-        eta = per_round * (total - done)
+        eta = eta_seconds(self.history, total, self._resumed_after)
         clients = ""
         if done:
             clients = f" | clients {record.clients_succeeded}/{record.clients_sampled}"
@@ -333,6 +344,29 @@ class Recorder:
                 best.round,
                 self.run_dir,
             )
+
+
+def eta_seconds(
+    history: Sequence[RoundRecord], total: int, resumed_after: int = 0
+) -> float:
+    """Seconds until round ``total``, NaN while there is no estimate (0 once done).
+
+    The first round a process runs (round 1, or the one after ``resumed_after`` in a
+    resumed run) also pays for its start-up (actors, data loading), so the time per
+    round is measured from its end: the estimate needs one more round after it.
+    """
+    if not history:
+        return math.nan
+    last = history[-1]
+    if last.round >= total:
+        return 0.0
+    first = next((r for r in history if r.round > max(resumed_after, 0)), None)
+    if first is None or last.round <= first.round:
+        return math.nan
+    per_round = (last.elapsed_seconds - first.elapsed_seconds) / (
+        last.round - first.round
+    )
+    return per_round * (total - last.round)
 
 
 def _clock(seconds: float) -> str:

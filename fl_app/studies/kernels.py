@@ -13,9 +13,10 @@ Two parts, both on this one machine (``scripts/kernel_reproducibility.py``):
   C=0.1, Fashion-MNIST) through ``flwr run``: in simulation unpinned; with
   ``--reproducible`` (every process started pinned); with only the run-config key
   ``reproducible = true`` on a SuperLink started "as AVX2" (the app must override
-  what it inherited); and in the local TLS federation (3 SuperNodes; the server
-  deals the same 100 partitions, ``partition-source = "server"``), pinned. The
-  pinned ones must agree to the last digit.
+  what it inherited); and in the local TLS federation (10 SuperNodes, as many as
+  clients a round; the server deals the same 100 partitions among them,
+  ``partition-source = "server"``), pinned. The pinned ones must agree to the last
+  digit.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ LOOP_SETTINGS: dict[str, dict[str, str]] = {
     "as AVX2": AS_AVX2,
 }
 DEFAULT_JOB = {"num-server-rounds": 10, "dataset": "fashion-mnist"}
+FEDERATION_NODES = 10  # the clients a round of the default job: C = 0.1 of 100
 
 
 def compare_loops(rounds: int, data_dir: str, say: Callable[[str], None]) -> str:
@@ -72,7 +74,7 @@ def compare_app(data_dir: str, out: Path, say: Callable[[str], None]) -> str:
         "simulation, reproducible = true, SuperLink as AVX2": lambda: _simulate(
             {**job, "reproducible": True}, AS_AVX2, out / "key-only"
         ),
-        "local TLS federation (3 nodes), --reproducible": lambda: _federate(
+        "local TLS federation (10 nodes), --reproducible": lambda: _federate(
             {**job, "reproducible": True}, out / "federation"
         ),
     }
@@ -97,14 +99,15 @@ def _simulate(
 
 
 def _federate(run_config: Mapping[str, Any], out: Path) -> tuple[list[float], float]:
-    """3 SuperNodes over TLS; the server deals the 100 partitions of the default job
-    among them, so the clients and their data are the simulation's."""
+    """SuperNodes over TLS, one per client a round; the server deals the 100
+    partitions of the default job among them, so the clients and their data are the
+    simulation's."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fl-kernels-") as tmp:
         certs = Certs(Path(tmp) / "certs")
-        ensure(certs.directory, num_supernodes=3)
+        ensure(certs.directory, num_supernodes=FEDERATION_NODES)
         with Federation(certs, out, env=pinned_env()) as federation:
-            federation.start(3, connect_timeout=120)
+            federation.start(FEDERATION_NODES, connect_timeout=300)
             outcome = federation.run(
                 {
                     **run_config,
