@@ -1,7 +1,7 @@
 """Does the history depend on the CPU's kernels, and does ``--reproducible`` fix it?
 
     .venv/bin/python scripts/kernel_reproducibility.py --loop   # about 2 min
-    .venv/bin/python scripts/kernel_reproducibility.py --app    # about 10 min
+    .venv/bin/python scripts/kernel_reproducibility.py --app    # about 11 min
 
 ``--loop``: the one-process FedAvg loop under each kernel setting (which of the three
 variables this model needs, and what each costs). ``--app``: the default job through
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--loop", action="store_true", help="the one-process loop")
-    parser.add_argument("--app", action="store_true", help="the app, four ways")
+    parser.add_argument("--app", action="store_true", help="the app, five ways")
     parser.add_argument("--rounds", type=int, default=10, help="(the loop's)")
     parser.add_argument("--data-dir", default=DATA_DIR)
     parser.add_argument("--out", type=Path, default=Path("outputs/kernels"))

@@ -9,8 +9,9 @@ Two parts, both on this one machine (``scripts/kernel_reproducibility.py``):
   all three (``fl_app.kernels.PINNED_KERNELS``); and the libraries told to use at
   most AVX2, as another CPU would. Which variables this model needs, and what
   each costs (loop seconds, ratio to ``default`` measured in the same invocation).
-* **The app** (``--app``, about 8 min): the default job (10 rounds, 100 clients,
-  C=0.1, Fashion-MNIST) through ``flwr run``: in simulation unpinned; with
+* **The app** (``--app``, about 11 min): the default job (10 rounds, 100 clients,
+  C=0.1, Fashion-MNIST) through ``flwr run``: in simulation unpinned, as this CPU
+  and "as AVX2"; with
   ``--reproducible`` (every process started pinned); with only the run-config key
   ``reproducible = true`` on a SuperLink started "as AVX2" (the app must override
   what it inherited); and in the local TLS federation (10 SuperNodes, as many as
@@ -64,10 +65,13 @@ def compare_loops(rounds: int, data_dir: str, say: Callable[[str], None]) -> str
 
 
 def compare_app(data_dir: str, out: Path, say: Callable[[str], None]) -> str:
-    """The default job four ways (module docstring): a Markdown table."""
+    """The default job five ways (module docstring): a Markdown table."""
     job = {**DEFAULT_JOB, "data-dir": data_dir}
     runs: dict[str, Callable[[], tuple[list[float], float]]] = {
         "simulation, unpinned": lambda: _simulate(job, {}, out / "unpinned"),
+        "simulation, unpinned, SuperLink as AVX2": lambda: _simulate(
+            job, AS_AVX2, out / "unpinned-avx2"
+        ),
         "simulation, --reproducible": lambda: _simulate(
             {**job, "reproducible": True}, pinned_env(), out / "pinned"
         ),
