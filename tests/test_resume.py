@@ -176,6 +176,10 @@ def check_what_a_run_leaves(run_dir: Path) -> None:
     for name in (HISTORY_JSON, HISTORY_CSV, MODEL_FILE, PLOT_FILE, "config.json"):
         assert (run_dir / name).stat().st_size > 0, name
     assert (run_dir / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # TensorBoard's events, from the ServerApp under Flower (both processes' files);
+    # the run config that resumes the folder with plain ``flwr run``.
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2
+    assert '"strategy" = "scaffold"' in (run_dir / "resume.toml").read_text()
     csv_lines = (run_dir / HISTORY_CSV).read_text().splitlines()
     assert csv_lines[0].startswith("round,test_loss,test_accuracy")
     assert len(csv_lines) == ROUNDS + 2
