@@ -110,12 +110,14 @@ class RoundTimer:
 
 def study_eta(durations: Sequence[float], left: int) -> float | None:
     """A study's ETA: the mean duration of the runs that ran in this invocation
-    (finished earlier ones are left out) times the runs left; None without one."""
+    (finished earlier ones are left out) times the runs left; None without one.
+    The first run also starts the SuperLink: once a second is done, it is left out."""
     if left <= 0:
         return 0.0
     if not durations:
         return None
-    return sum(durations) / len(durations) * left
+    steady = durations[1:] if len(durations) >= 2 else durations
+    return sum(steady) / len(steady) * left
 
 
 def duration(seconds: float | None) -> str:
@@ -276,7 +278,8 @@ class StudyProgress:
     """A study's runs (``total`` planned); use as a context manager.
 
     A run finished by an earlier invocation (``skipped``) counts at once, not for
-    the ETA, the mean duration of the runs run now times the runs left.
+    the ETA, the mean duration of the runs run now (the first left out once a second
+    is done: it also started the SuperLink) times the runs left.
     Live: a bar over the runs (``run i/M <label>``) and the current run's rounds
     under it (``start`` returns its ``echo``; with ``verbose`` Flower's lines are
     printed above too), each finished run's line above the bars. Plain: a line as
