@@ -157,10 +157,9 @@ class BaseStrategy(FlowerFedAvg):
 
     # ------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """What the rest of the run depends on, beyond the run config: the global
-        model, the history, why it stopped, the privacy ledger (no RNG state: every
-        draw is seeded by (seed, round)). Subclasses add their own state (server
-        moments, control variates) and call ``super()``."""
+        """What the rest of the run depends on beyond its config: the global model,
+        the history, why it stopped, the privacy ledger, K (no RNG state: draws are
+        seeded by (seed, round)). Subclasses add theirs and call ``super()``."""
         return {
             "round": self.recorder.last_round,
             "global_weights": [w.copy() for w in self.global_weights],
@@ -171,8 +170,7 @@ class BaseStrategy(FlowerFedAvg):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state_dict()``'s output (made with the same config):
-        Flower's next round 1 is round ``state["round"] + 1`` here."""
+        """Continue ``state_dict()`` (same config): Flower's round 1 is ours + 1."""
         self.global_weights = [np.array(w, copy=True) for w in state["global_weights"]]
         set_weights(self.model, self.global_weights)
         self.initial_parameters = ndarrays_to_parameters(self.global_weights)
