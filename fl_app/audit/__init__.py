@@ -1,0 +1,6 @@
+"""The privacy audit: what a curious server, or a model's users, can learn from what
+this app sends and publishes (tooling: never imported by the app).
+
+``reconstruction``: inputs read back from one client's update as the server's
+pipeline receives it.
+"""

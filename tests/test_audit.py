@@ -1,0 +1,90 @@
+"""The privacy audit's attacks on real replies of this app's client, as the server's
+pipeline receives them (``strategies.validation.checked_arrays``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.common import Code, FitRes, NDArrays, Status, ndarrays_to_parameters
+
+from fl_app import keys
+from fl_app.audit.reconstruction import (
+    RECOVERED_PSNR,
+    first_layer_inversion,
+    label_from_update,
+    quality,
+    to_pixels,
+)
+from fl_app.client import PartitionClient
+from fl_app.data import Split, client_data
+from fl_app.model import build_model, get_weights
+from strategies.validation import Layout, checked_arrays
+
+FEDSGD = {  # one SGD step on one example: B = 1, E = 1
+    keys.SERVER_ROUND: 1,
+    keys.LEARNING_RATE: 0.1,
+    keys.LOCAL_EPOCHS: 1,
+    keys.BATCH_SIZE: 1,
+    keys.SEED: 42,
+}
+
+
+@pytest.fixture(scope="module")
+def examples(mnist_dir: Path) -> tuple[Split, Split]:
+    return client_data(
+        "mnist", str(mnist_dir), "iid", 0, 2, alpha=0.5, val_fraction=0.1, seed=1
+    )
+
+
+def server_side(weights: NDArrays, update: NDArrays, n: int) -> NDArrays:
+    """The update as the strategy's pipeline holds it once the reply is checked."""
+    reply = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), n, {})
+    return checked_arrays(
+        reply,
+        Layout.of(weights),
+        num_update_arrays=len(weights),
+        max_num_examples=60_000,
+        max_update_norm=1000.0,
+    )
+
+
+def one_example_reply(
+    examples: tuple[Split, Split], index: int, weights: NDArrays
+) -> NDArrays:
+    train, val = examples
+    one = Split(train.x[index : index + 1], train.y[index : index + 1])
+    update, n, _ = PartitionClient(build_model("2nn"), one, val, 0).fit(
+        weights, dict(FEDSGD)
+    )
+    return server_side(weights, update, n)
+
+
+def test_one_example_comes_back_exactly_with_its_label(
+    examples: tuple[Split, Split],
+) -> None:
+    train, _ = examples
+    weights = get_weights(build_model("2nn", seed=0))
+    for index in range(5):
+        delta = one_example_reply(examples, index, weights)
+        x = first_layer_inversion(delta)
+        assert np.max(np.abs(x - train.x[index].numpy())) < 1e-4
+        assert label_from_update(delta) == int(train.y[index])
+        original = to_pixels(train.x[index].numpy(), "mnist")
+        assert quality(original, to_pixels(x, "mnist")).recovered
+
+
+def test_the_sum_of_five_updates_gives_no_client_back(
+    examples: tuple[Split, Split],
+) -> None:
+    """What SecAgg+ leaves the server: the sum. The same formula then blends every
+    client's input, and none of the five is recovered."""
+    train, _ = examples
+    weights = get_weights(build_model("2nn", seed=0))
+    deltas = [one_example_reply(examples, index, weights) for index in range(5)]
+    total = [sum(arrays) for arrays in zip(*deltas, strict=True)]
+    blend = to_pixels(first_layer_inversion(total), "mnist")
+    for index in range(5):
+        score = quality(to_pixels(train.x[index].numpy(), "mnist"), blend)
+        assert score.psnr < RECOVERED_PSNR, (index, score)
