@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from flwr.common import Code, FitRes, NDArrays, Status, ndarrays_to_parameters
 
 from fl_app import keys
+from fl_app.audit.membership import loss_scores, separation
 from fl_app.audit.reconstruction import (
     RECOVERED_PSNR,
     first_layer_inversion,
@@ -88,3 +90,34 @@ def test_the_sum_of_five_updates_gives_no_client_back(
     for index in range(5):
         score = quality(to_pixels(train.x[index].numpy(), "mnist"), blend)
         assert score.psnr < RECOVERED_PSNR, (index, score)
+
+
+def test_a_loss_threshold_beats_chance_on_an_overfit_model(
+    examples: tuple[Split, Split],
+) -> None:
+    """Forty examples trained on for 60 epochs: their losses are far below those of
+    examples the model never saw, and the attack's AUC shows it."""
+    train, unseen = examples
+    members = Split(train.x[:40], train.y[:40])
+    model = build_model("2nn", seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(60):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(members.x), members.y).backward()
+        optimizer.step()
+    result = separation(loss_scores(model, members), loss_scores(model, unseen))
+    assert result.auc > 0.8, result
+    # A model that never saw either set: no better than chance.
+    fresh = build_model("2nn", seed=1)
+    chance = separation(loss_scores(fresh, members), loss_scores(fresh, unseen))
+    assert abs(chance.auc - 0.5) < 0.2, chance
+
+
+def test_separation_counts_ties_and_low_false_positive_rates() -> None:
+    perfect = separation(np.array([3.0, 4.0]), np.arange(1000) / 1000)
+    assert perfect.auc == 1.0 and perfect.tpr_at_fpr == {0.001: 1.0, 0.01: 1.0}
+    assert separation(np.zeros(10), np.zeros(10)).auc == 0.5  # all ties: chance
+    # A member above all but the 5 highest of 1000 non-members: caught at 1% FPR
+    # (10 let through), not at 0.1% (1 let through).
+    middling = separation(np.array([0.9945]), np.arange(1000) / 1000)
+    assert middling.tpr_at_fpr == {0.001: 0.0, 0.01: 1.0}
