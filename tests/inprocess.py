@@ -158,9 +158,11 @@ def quick_config(
     data_dir: Path, output_dir: Path, rounds: int, **overrides: Any
 ) -> dict[str, Any]:
     """A run the tests can afford: ``rounds`` rounds, half of the nodes a round, no
-    client evaluation, MNIST-format files in ``data_dir``. ``overrides`` use Python
+    client evaluation, MNIST-format files in ``data_dir``, no TensorBoard files
+    (``test_tracking.py`` and ``test_resume.py`` check those). ``overrides`` use Python
     names for flat keys (``seed=7``) and dotted keys as ``**{"fedprox.mu": 0.1}``."""
     return {
+        "tracking.tensorboard": False,
         "num-server-rounds": rounds,
         "fraction-fit": 0.5,
         "fraction-evaluate": 0.0,

@@ -11,6 +11,7 @@ import torch
 from flwr.common import Code, FitRes, NDArrays, Status, ndarrays_to_parameters
 
 from fl_app import keys
+from fl_app.audit.canaries import estimate_epsilon, gdp_delta, gdp_epsilon
 from fl_app.audit.membership import loss_scores, separation
 from fl_app.audit.reconstruction import (
     RECOVERED_PSNR,
@@ -121,3 +122,26 @@ def test_separation_counts_ties_and_low_false_positive_rates() -> None:
     # (10 let through), not at 0.1% (1 let through).
     middling = separation(np.array([0.9945]), np.arange(1000) / 1000)
     assert middling.tpr_at_fpr == {0.001: 0.0, 0.01: 1.0}
+
+
+def test_the_canary_estimate_is_zero_without_canaries_and_large_without_noise() -> None:
+    rng = np.random.default_rng(0)
+    floor = rng.normal(0.0, 0.01, size=1000)  # cosines of never-inserted canaries
+    # Canaries never inserted: both sets are the noise floor, nothing is learnt.
+    absent = estimate_epsilon(rng.normal(0.0, 0.01, size=1000), floor, delta=1e-5)
+    assert absent.epsilon < 0.5, absent
+    # No noise: every inserted canary stands far out of the floor.
+    exposed = estimate_epsilon(rng.normal(0.3, 0.01, size=1000), floor, delta=1e-5)
+    assert exposed.epsilon > 20, exposed
+    # In between, the estimate grows with the separation.
+    some = estimate_epsilon(rng.normal(0.02, 0.01, size=1000), floor, delta=1e-5)
+    assert absent.epsilon < some.epsilon < exposed.epsilon
+
+
+def test_gdp_epsilon_inverts_the_gdp_delta_curve() -> None:
+    for mu in (0.5, 1.0, 3.0):
+        epsilon = gdp_epsilon(mu, 1e-5)
+        assert gdp_delta(epsilon, mu) == pytest.approx(1e-5, rel=1e-6)
+    # More distinguishable, more ε; a mechanism that leaks nothing costs none.
+    assert gdp_epsilon(0.5, 1e-5) < gdp_epsilon(1.0, 1e-5) < gdp_epsilon(3.0, 1e-5)
+    assert gdp_epsilon(0.0, 1e-5) == 0.0

@@ -115,6 +115,7 @@ def run_config(data_dir: Path, output_dir: Path, **overrides: Any) -> dict[str, 
         "dataset": "mnist",
         "data-dir": str(data_dir),
         "output-dir": str(output_dir),
+        "tracking.tensorboard": False,  # test_tracking.py and test_resume.py do
     }
     config.update({key.replace("_", "-"): value for key, value in overrides.items()})
     return config
