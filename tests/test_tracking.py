@@ -105,6 +105,7 @@ def finished(
     tmp = tmp_path_factory.mktemp("tracked")
     overrides = {
         **quick_config(mnist_dir, tmp / "out", 3),
+        "tracking.tensorboard": True,  # the default, which quick runs turn off
         "fraction-evaluate": 0.3,
         "tracking.mlflow-uri": f"sqlite:///{tmp}/mlflow.db",
         "tracking.mlflow-experiment": "tracking-test",
@@ -174,6 +175,7 @@ def test_a_resumed_run_has_each_round_once(mnist_dir: Path, tmp_path: Path) -> N
     mlflow_uri = f"sqlite:///{tmp_path}/mlflow.db"
     first = {
         **quick_config(mnist_dir, tmp_path / "out", 2),
+        "tracking.tensorboard": True,  # the default, which quick runs turn off
         "tracking.mlflow-uri": mlflow_uri,
     }
     run_in_process(first, NUM_NODES)
