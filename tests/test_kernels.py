@@ -4,7 +4,9 @@ loaded torch first is refused, naming the key.
 
 Each case handles one real fit message through the ClientApp in a fresh interpreter
 (as a ``flwr-clientapp`` process or a new Ray actor does): the update's bytes, ATen's
-dispatch level and the variables it ran with are compared.
+dispatch level and the variables it ran with are compared. (That the pin changes
+the numbers at all is measured by ``scripts/kernel_reproducibility.py``: a test
+would fail on a CPU whose default kernels are the pinned ones.)
 """
 
 from __future__ import annotations
@@ -100,7 +102,6 @@ def test_the_switch_pins_every_fresh_client_whatever_its_environment(
     cases = {
         "pinned": (True, {}),
         "pinned, as AVX2": (True, AS_AVX2),
-        "unpinned, as AVX2": (False, AS_AVX2),
     }
     started = {name: _fit(tmp_path, *case) for name, case in cases.items()}
     results = {name: _result(process) for name, process in started.items()}
@@ -108,11 +109,8 @@ def test_the_switch_pins_every_fresh_client_whatever_its_environment(
     pinned = results["pinned, as AVX2"]
     assert pinned["env"] == PINNED_KERNELS  # the switch overrode the environment
     assert pinned["aten"] == "DEFAULT"  # ... before torch read it
-    assert results["unpinned, as AVX2"]["aten"] == "AVX2"
     # The same update from either "CPU" ...
     assert results["pinned"]["sha256"] == pinned["sha256"]
-    # ... and not what the same process computes unpinned: the pin takes effect.
-    assert results["unpinned, as AVX2"]["sha256"] != pinned["sha256"]
 
 
 def test_a_process_that_loaded_torch_unpinned_is_refused() -> None:
