@@ -10,7 +10,11 @@ An attacker trains as usual and then lies about the result:
   Bagdasaryan et al. 2020);
 * ``gaussian-noise``: sends ``N(0, sigma^2)`` noise of the update's shape;
 * ``dropout``: not an attack but the commonest fault: the client trains, then goes
-  offline before it replies (what SecAgg+ must survive after masks were shared).
+  offline before it replies (what SecAgg+ must survive after masks were shared);
+* ``canary``: not an attack but the privacy audit's probe (Andrew et al. 2024):
+  the client sends ``factor`` times a fixed random unit direction of its own, every
+  round it is sampled, so the audit can measure how much of it the final model
+  keeps (``fl_app.audit.canaries``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from fl_app.data import Split
 from fl_app.model import NUM_CLASSES
 
 _SALT = 0xA77AC  # keeps the attacker draw independent of every other seeded draw
+_CANARY_SALT = 0xCA7A7  # and the canaries' directions
 
 
 def attacking_partitions(
@@ -43,10 +48,32 @@ class SimulatedDropout(RuntimeError):
     """A client that went offline mid-round (``attack.kind = "dropout"``)."""
 
 
+def canary_direction(seed: int, canary: int, shapes: list[tuple[int, ...]]) -> NDArrays:
+    """Canary ``canary``'s fixed direction: a random unit vector over all the
+    model's coordinates, drawn from ``(seed, canary)``. The audit draws held-out
+    canaries (never sent) from ids no partition has."""
+    rng = np.random.default_rng([seed, _CANARY_SALT, canary])
+    arrays = [rng.standard_normal(shape) for shape in shapes]
+    norm = np.sqrt(sum(float(np.sum(a * a)) for a in arrays))
+    return [(a / norm).astype(np.float32) for a in arrays]
+
+
 def poison_update(
-    attack: AttackConfig, update: NDArrays, rng: np.random.Generator
+    attack: AttackConfig,
+    update: NDArrays,
+    rng: np.random.Generator,
+    *,
+    seed: int = 0,
+    partition_id: int = 0,
 ) -> NDArrays:
-    """What an attacker sends in place of its honest ``update``."""
+    """What an attacker sends in place of its honest ``update`` (a canary's
+    direction depends on the run's ``seed`` and its ``partition_id`` only)."""
+    if attack.kind == "canary":
+        direction = canary_direction(seed, partition_id, [u.shape for u in update])
+        return [
+            (attack.factor * d).astype(u.dtype)
+            for d, u in zip(direction, update, strict=True)
+        ]
     if attack.kind == "dropout":
         raise SimulatedDropout("simulated dropout: this client went offline")
     if attack.kind == "sign-flip":

@@ -26,10 +26,10 @@ from fl_app import keys
 from fl_app.attacks import attacking_partitions, flip_labels, poison_update
 from fl_app.client_parts import ClientPart, client_part
 from fl_app.compression import CodecSpec, encode
-from fl_app.config import AttackConfig, RunConfig
+from fl_app.config import AttackConfig, DpConfig, RunConfig
 from fl_app.data import Split, client_data
 from fl_app.model import build_model, get_weights, set_weights
-from fl_app.privacy import clip
+from fl_app.privacy import NOISE_SALT, clip, local_privatize
 from fl_app.training import evaluate, local_steps, seeded_generator, train
 
 # Minibatches of ~10 rows gain nothing from intra-op threads; the parallelism is in
@@ -58,6 +58,7 @@ class PartitionClient(NumPyClient):
         state: RecordDict | None = None,
         attack: AttackConfig | None = None,
         codec: CodecSpec | None = None,
+        local_dp: DpConfig | None = None,
     ) -> None:
         self.model = model
         self.train_data = flip_labels(train_data) if _flips(attack) else train_data
@@ -67,6 +68,7 @@ class PartitionClient(NumPyClient):
         self.state = state if state is not None else RecordDict()
         self.attack = attack
         self.codec = codec
+        self.local_dp = local_dp
 
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         """Tell the server which partition this node holds (node ids are random)."""
@@ -102,10 +104,18 @@ class PartitionClient(NumPyClient):
                     self.partition_id,
                 ]
             )
-            update = poison_update(self.attack, update, rng)
+            update = poison_update(
+                self.attack,
+                update,
+                rng,
+                seed=int(config[keys.SEED]),
+                partition_id=self.partition_id,
+            )
         num_examples = len(self.train_data)
         if keys.DP_CLIP in config:  # central DP under SecAgg+: clip here, weigh 1
             update, num_examples = clip(update, float(config[keys.DP_CLIP])), 1
+        if self.local_dp is not None:
+            update = self.privatize(update, config)
         update = self.encode(update, config)
         metrics: dict[str, Scalar] = {
             keys.TRAIN_LOSS: loss,
@@ -113,6 +123,21 @@ class PartitionClient(NumPyClient):
             **part.metrics(),
         }
         return update + extras_up, num_examples, metrics
+
+    def privatize(self, update: NDArrays, config: dict[str, Scalar]) -> NDArrays:
+        """Local DP: the update clipped and noised before it is coded and sent.
+
+        The noise is drawn from ``(dp.noise-seed, round, partition)`` when that seed
+        is set (studies), from OS entropy otherwise.
+        """
+        assert self.local_dp is not None
+        seed = self.local_dp.noise_seed
+        rng = np.random.default_rng(
+            None
+            if seed < 0
+            else [seed, int(config[keys.SERVER_ROUND]), self.partition_id, NOISE_SALT]
+        )
+        return local_privatize(update, self.local_dp, rng)
 
     def encode(self, update: NDArrays, config: dict[str, Scalar]) -> NDArrays:
         """The update as it goes on the wire: coded by the run's scheme, with the
@@ -183,6 +208,7 @@ def build_client(
         alpha=config.dirichlet_alpha,
         val_fraction=config.val_fraction,
         seed=config.seed,
+        half_seed=config.audit.half_seed,
     )
     attackers = (
         attacking_partitions(config.seed, num_partitions, config.attack.fraction)
@@ -198,6 +224,7 @@ def build_client(
         state=state,
         attack=config.attack if partition_id in attackers else None,
         codec=config.compression.spec() if config.compression.enabled else None,
+        local_dp=config.dp if config.dp.local else None,
     )
 
 

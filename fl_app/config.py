@@ -23,7 +23,18 @@ from typing import Any
 from fl_app.compression import SCHEMES, CodecSpec
 
 MODELS = ("mlp", "2nn")
-ATTACKS = ("none", "label-flip", "sign-flip", "gaussian-noise", "scale", "dropout")
+ATTACKS = (
+    "none",
+    "label-flip",
+    "sign-flip",
+    "gaussian-noise",
+    "scale",
+    "dropout",
+    "canary",
+)
+# Who adds the DP noise: the server to the sum (central), or each client to its own
+# update before it leaves (local).
+DP_MODES = ("central", "local")
 DATASETS = ("mnist", "fashion-mnist")
 PARTITIONERS = ("iid", "dirichlet", "shards")
 # Who says which partition a node trains: the server, dealing partition p to the p-th
@@ -128,10 +139,13 @@ class CenteredClippingConfig:
 
 @dataclass(frozen=True)
 class DpConfig:
-    """Central DP (DP-FedAvg, McMahan et al. 2018); off while clip-norm is 0."""
+    """Differential privacy, off while clip-norm is 0: central (DP-FedAvg, McMahan
+    et al. 2018: the server clips and noises the sum) or local (each client clips and
+    noises its own update, ``fl_app.privacy``)."""
 
     clip_norm: float = 0.0
     noise_multiplier: float = 1.0
+    mode: str = "central"  # "central" or "local"
     delta: float = 1e-5
     max_epsilon: float = 0.0  # 0: no budget, the run spends what it spends
     # -1: noise from OS entropy. A seed >= 0 makes DP runs repeat, for studies only:
@@ -142,7 +156,18 @@ class DpConfig:
     def enabled(self) -> bool:
         return self.clip_norm > 0
 
+    @property
+    def central(self) -> bool:
+        """The server adds the noise (it sees each clipped update first)."""
+        return self.enabled and self.mode == "central"
+
+    @property
+    def local(self) -> bool:
+        """Each client noises its own update: the server never sees it clean."""
+        return self.enabled and self.mode == "local"
+
     def validate(self, key: KeyName) -> None:
+        _one_of(key("mode"), self.mode, DP_MODES)
         _non_negative(key("clip-norm"), self.clip_norm)
         if self.enabled:
             _positive(key("noise-multiplier"), self.noise_multiplier)
@@ -164,6 +189,8 @@ class AttackConfig:
     fraction: float = 0.2  # share of partitions that attack, drawn from the seed
     factor: float = 10.0  # sign-flip sends -factor * update, scale +factor * update
     sigma: float = 1.0  # gaussian-noise sends N(0, sigma^2) in place of the update
+    # canary sends factor * a fixed random unit direction (the privacy audit's
+    # canary clients, Andrew et al. 2024); DP clips it to clip-norm like any update.
 
     @property
     def enabled(self) -> bool:
@@ -243,6 +270,30 @@ class SecAggConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """What the privacy audit (``scripts/privacy_audit.py``) asks of a run: the
+    updates a curious server holds, and training on a seeded half of the data."""
+
+    # The server keeps every update of this round as its pipeline holds it (after
+    # decoding and validation, before DP noise): audit/round-<r>.npz. 0 = off.
+    capture_round: int = 0
+    # Train on a seeded random half of the training set (the membership audit's
+    # shadow runs); -1 = all of it.
+    half_seed: int = -1
+
+    def validate(self, key: KeyName) -> None:
+        if self.capture_round < 0:
+            raise ConfigError(
+                key("capture-round"),
+                f"must be >= 0 (0 = off), got {self.capture_round}",
+            )
+        if self.half_seed < -1:
+            raise ConfigError(
+                key("half-seed"), f"must be -1 (all data) or >= 0, got {self.half_seed}"
+            )
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """Where a run's metrics go besides its folder: TensorBoard event files in the
     run folder (on by default), and an MLflow tracking store (opt-in)."""
@@ -275,6 +326,7 @@ GROUPS: dict[str, type] = {
     "compression": CompressionConfig,
     "secagg": SecAggConfig,
     "tracking": TrackingConfig,
+    "audit": AuditConfig,
 }
 
 
@@ -322,6 +374,7 @@ class RunConfig:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
@@ -479,6 +532,20 @@ class RunConfig:
                         getattr(section, item.name),
                     )
             section.validate(lambda name, group=group: f"{group}.{name}")
+        dp, secagg = self.dp, self.secagg
+        if (
+            dp.local
+            and secagg.enabled
+            and 4 * dp.noise_multiplier * dp.clip_norm > (secagg.clipping_range)
+        ):
+            raise ConfigError(
+                "secagg.clipping-range",
+                f"local DP noise has std dp.noise-multiplier * dp.clip-norm = "
+                f"{dp.noise_multiplier * dp.clip_norm:g} per coordinate; SecAgg+ "
+                f"clips coordinates at {secagg.clipping_range:g}, which must be at "
+                "least 4 stds or the clipping would change the noise the accountant "
+                "assumes",
+            )
 
 
 def _parse(kind: type, raws: Mapping[str, Any], prefix: str) -> dict[str, Any]:

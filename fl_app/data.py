@@ -299,6 +299,15 @@ def _all_partitions(
     return tuple(parts)
 
 
+def training_half(half_seed: int, num_examples: int) -> np.ndarray:
+    """Which of the training split's examples a run on a seeded half keeps (a
+    boolean mask, exactly half): the membership audit's in/out labels."""
+    rng = np.random.default_rng([half_seed, 0x4A1F])
+    keep = np.zeros(num_examples, dtype=bool)
+    keep[rng.permutation(num_examples)[: num_examples // 2]] = True
+    return keep
+
+
 def client_data(
     dataset: str,
     data_dir: str,
@@ -309,8 +318,11 @@ def client_data(
     alpha: float,
     val_fraction: float,
     seed: int,
+    half_seed: int = -1,
 ) -> tuple[Split, Split]:
-    """A client's (train, validation) tensors: its partition, split by ``seed``."""
+    """A client's (train, validation) tensors: its partition, split by ``seed``;
+    with ``half_seed >= 0``, only the partition's examples in that seeded half of
+    the training split (``training_half``)."""
     if not 0 <= partition_id < num_partitions:
         raise ValueError(
             f"partition-id {partition_id} is outside "
@@ -319,12 +331,14 @@ def client_data(
     indices = _all_partitions(
         dataset, data_dir, partitioner, num_partitions, alpha, seed
     )[partition_id]
-    rng = np.random.default_rng([seed, partition_id])
-    shuffled = rng.permutation(indices)
-    num_val = round(len(shuffled) * val_fraction)
     # Only this client's rows are read from the memory-mapped cache and converted:
     # a deployed node's fresh process per message touches ~1% of the dataset.
     images, labels = load_raw(dataset, data_dir, "train")
+    if half_seed >= 0:
+        indices = indices[training_half(half_seed, len(labels))[indices]]
+    rng = np.random.default_rng([seed, partition_id])
+    shuffled = rng.permutation(indices)
+    num_val = round(len(shuffled) * val_fraction)
     train, val = shuffled[num_val:], shuffled[:num_val]
     return (
         normalise(dataset, images[train], labels[train]),

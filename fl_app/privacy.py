@@ -1,5 +1,7 @@
-"""Central differential privacy for averaging strategies (DP-FedAvg, McMahan et al.,
-"Learning Differentially Private Recurrent Language Models", ICLR 2018).
+"""Differential privacy of the clients' updates, central or local.
+
+**Central** (``dp.mode = "central"``): DP-FedAvg for averaging strategies (McMahan
+et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018).
 
 The server is trusted; what is protected is any one client's participation as seen
 in the released global models. Each round:
@@ -22,6 +24,20 @@ multiplier (noise std over sensitivity) is ``z / 2``.
 
 ``CentralDp`` is what a strategy holds: the round's noise, seeded by
 ``(dp.noise-seed, round)``, the ledger, and the budget check before a round starts.
+
+**Local** (``dp.mode = "local"``): the server is not trusted with any one update.
+Each client clips its update to ``S`` and adds ``N(0, z^2 S^2)`` per coordinate
+before it encodes and sends it (``local_privatize``), so what leaves the device is
+a Gaussian mechanism's output: replace-one sensitivity ``2S``, noise multiplier
+``z/2``, as above, but on one update rather than on the sum of ``m``. The server
+knows who took part, so there is no amplification by sampling: a client's ε is the
+composition of its own participations, and ``LocalDp`` keeps them per partition and
+reports the worst client's ε. Flower's ``LocalDpMod`` does the same clip-and-noise
+but on the weights a client returns (it clips ``w_k - w_t`` computed from the fit
+message and adds noise to the weights); this app's clients send updates, possibly
+compressed or masked afterwards, so the mechanism runs in the client's own pipeline
+before encoding, where compression and SecAgg+ are post-processing. The price is
+``z S sqrt(d)`` of noise on each update instead of ``z S sqrt(d) / m`` on the mean.
 """
 
 from __future__ import annotations
@@ -62,6 +78,35 @@ def privatize(
         ]
         for update in updates
     ]
+
+
+def local_privatize(
+    update: NDArrays, config: DpConfig, rng: np.random.Generator
+) -> NDArrays:
+    """What a client sends under local DP: its update clipped to ``S``, plus
+    ``N(0, z^2 S^2)`` on every coordinate."""
+    std = config.noise_multiplier * config.clip_norm
+    return [
+        (c + rng.normal(0.0, std, size=c.shape)).astype(c.dtype)
+        for c in clip(update, config.clip_norm)
+    ]
+
+
+def gaussian_epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
+    """ε at ``delta`` of ``releases`` Gaussian mechanisms of clipped updates with
+    noise ``z S`` (replace-one sensitivity ``2S``: dp-accounting's multiplier is
+    ``z/2``), composed by dp-accounting's RDP accountant."""
+    if releases == 0:
+        return 0.0
+    # Imported here: dp-accounting takes seconds to import, and a client imports
+    # this module too (for ``clip``).
+    from dp_accounting import dp_event, privacy_accountant, rdp
+
+    accountant = rdp.RdpAccountant(
+        neighboring_relation=privacy_accountant.NeighboringRelation.REPLACE_ONE
+    )
+    accountant.compose(dp_event.GaussianDpEvent(noise_multiplier / 2), releases)
+    return float(accountant.get_epsilon(delta))
 
 
 def check_central_dp(config: RunConfig, conflict: str | None) -> None:
@@ -154,8 +199,90 @@ class CentralDp:
         """One private release: ``sample`` clients of ``population`` were aggregated."""
         self.rounds[(population, sample)] += 1
 
+    def before_round(
+        self, server_round: int, population: int, partitions: Sequence[int]
+    ) -> str | None:
+        """The strategy's budget check (shared with ``LocalDp``)."""
+        return self.overspend(server_round, population, len(partitions))
+
+    def released(
+        self, population: int, partitions: Sequence[int], *, aggregated: bool
+    ) -> None:
+        """The strategy's ledger entry after a round: the noised mean is released
+        only when the model moved."""
+        if aggregated:
+            self.record(population, len(partitions))
+
     def state_dict(self) -> dict[str, list[list[int]]]:
         return {"rounds": [[k, m, n] for (k, m), n in sorted(self.rounds.items())]}
 
     def load_state_dict(self, state: dict[str, list[list[int]]]) -> None:
         self.rounds = Counter({(k, m): n for k, m, n in state["rounds"]})
+
+
+def dp_ledger(config: DpConfig) -> CentralDp | LocalDp | None:
+    """The strategy's DP ledger for the run's ``dp.mode`` (None when DP is off)."""
+    if config.central:
+        return CentralDp(config)
+    return LocalDp(config) if config.local else None
+
+
+class LocalDp:
+    """Local DP's ledger on the server: each partition's releases, so the history's
+    ``epsilon`` is the worst client's (the one that took part most), and the budget
+    check before a round. The noise itself is added by each client.
+
+    Same interface as ``CentralDp``, whose ``privatize`` here does nothing: the
+    updates arrive noised.
+    """
+
+    def __init__(self, config: DpConfig) -> None:
+        self.config = config
+        self.releases: Counter[int] = Counter()  # partition -> rounds it took part
+
+    def privatize(self, server_round: int, updates: Sequence[Update]) -> None:
+        return None
+
+    def epsilon(self, extra: Sequence[int] = ()) -> float:
+        """The worst client's ε at ``dp.delta`` (after the partitions in ``extra``
+        take part once more)."""
+        counts = self.releases.copy()
+        counts.update(extra)
+        most = max(counts.values(), default=0)
+        return gaussian_epsilon(self.config.noise_multiplier, most, self.config.delta)
+
+    def overspend(self, server_round: int, partitions: Sequence[int]) -> str | None:
+        """Why round ``server_round`` must not run because a client in it would
+        overspend ``dp.max-epsilon``; None if it may."""
+        budget = self.config.max_epsilon
+        if budget <= 0 or not partitions:
+            return None
+        after = self.epsilon(partitions)
+        if after <= budget:
+            return None
+        return (
+            f"privacy budget: in round {server_round} a client's local epsilon "
+            f"would reach {after:.3f} > dp.max-epsilon = {budget:g} (delta = "
+            f"{self.config.delta:g}); the model of round {server_round - 1} is final"
+        )
+
+    def record(self, partitions: Sequence[int]) -> None:
+        """These partitions' noised updates were released to the server."""
+        self.releases.update(partitions)
+
+    def before_round(
+        self, server_round: int, population: int, partitions: Sequence[int]
+    ) -> str | None:
+        return self.overspend(server_round, partitions)
+
+    def released(
+        self, population: int, partitions: Sequence[int], *, aggregated: bool
+    ) -> None:
+        """Every sampled client sent its noised update, aggregated or not."""
+        self.record(partitions)
+
+    def state_dict(self) -> dict[str, list[list[int]]]:
+        return {"releases": [[p, n] for p, n in sorted(self.releases.items())]}
+
+    def load_state_dict(self, state: dict[str, list[list[int]]]) -> None:
+        self.releases = Counter({p: n for p, n in state["releases"]})

@@ -5,7 +5,8 @@ Every file is written to a temporary name and renamed over the old one, so a cra
 or a kill mid-write leaves the previous complete version, never a torn file; the
 history is rewritten after every round, so a run that dies keeps all rounds so far.
 ``Recorder`` is what a strategy holds: its run folder, its history, its clock, and
-the trackers (``fl_app.tracking``: TensorBoard, MLflow) it feeds every round.
+the trackers (``fl_app.tracking``: TensorBoard, MLflow) it feeds every round, and
+the updates the privacy audit asks it to keep (``audit.capture-round``).
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from logging import INFO
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from flwr.common import log
+from flwr.common import NDArrays, log
 from torch import nn
 
 from fl_app.config import RunConfig
@@ -36,6 +38,7 @@ HISTORY_CSV = "history.csv"
 MODEL_FILE = "model.pt"
 PLOT_FILE = "history.png"
 CONFIG_FILE = "config.json"
+AUDIT_DIR = "audit"  # audit.capture-round's updates, as the server held them
 # history.png is redrawn at most this often, and once more when the run ends: a
 # drawing costs about 0.2 s (0.8 s with matplotlib's import), a whole steady round
 # in the simulation. history.csv and the checkpoint are written every round.
@@ -245,6 +248,29 @@ class Recorder:
         record.round_seconds = now - self._round_started if record.round else 0.0
         record.elapsed_seconds = now - self._started
         self.history.append(record)
+
+    def capture(
+        self,
+        server_round: int,
+        global_weights: NDArrays,
+        updates: Mapping[int, tuple[int, NDArrays]],
+    ) -> None:
+        """``audit/round-<r>.npz``: the round's global weights and every update the
+        server holds (partition -> (n_k, delta); partition -1 is SecAgg+'s
+        aggregate), for the privacy audit. Written atomically, like every result."""
+        if self.run_dir is None:
+            return
+        arrays: dict[str, np.ndarray] = {
+            f"global_{i}": w for i, w in enumerate(global_weights)
+        }
+        for partition, (num_examples, delta) in updates.items():
+            arrays[f"n_{partition}"] = np.array(num_examples)
+            arrays.update({f"delta_{partition}_{i}": d for i, d in enumerate(delta)})
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        folder = self.run_dir / AUDIT_DIR
+        folder.mkdir(exist_ok=True)
+        write_atomically(folder / f"round-{server_round}.npz", buffer.getvalue())
 
     def save(self, model: nn.Module | None, stop_reason: str | None) -> None:
         """Rewrite the history, the model (if given), the summary, and the plot when

@@ -77,7 +77,7 @@ def secure_workflow(config: RunConfig) -> DefaultWorkflow:
             num_shares=secagg.num_shares,
             reconstruction_threshold=secagg.reconstruction_threshold,
             # With central DP every client weighs 1 (and clips its own update).
-            max_weight=1.0 if config.dp.enabled else secagg.max_weight,
+            max_weight=1.0 if config.dp.central else secagg.max_weight,
             clipping_range=secagg.clipping_range,
             quantization_range=secagg.quantization_range,
             timeout=secagg.timeout,

@@ -14,7 +14,8 @@ Each round runs one pipeline, the same for every strategy:
    reason and counted, never aggregated. Under SecAgg+ every reply carries the same
    aggregate, and the pipeline checks that it does (``strategies.secagg``);
 4. **privatize** when central DP is on (``fl_app.privacy.CentralDp``, held as
-   ``privacy``): clip, uniform weights, Gaussian noise;
+   ``privacy``): clip, uniform weights, Gaussian noise; under local DP the updates
+   arrive noised and ``privacy`` (``LocalDp``) only keeps each client's ledger;
 5. **aggregate**: ``aggregate`` turns each update back into weights ``w_t + delta_k``
    and hands them to the rule next in the MRO: Flower's ``FedAvg`` here,
    ``FedAdam``/``Krum``/... in a subclass that mixes that Flower class in. This is
@@ -62,7 +63,7 @@ from fl_app.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from fl_app.config import RunConfig
 from fl_app.data import load_split
 from fl_app.model import build_model, get_weights, set_weights
-from fl_app.privacy import CentralDp, check_central_dp
+from fl_app.privacy import check_central_dp, dp_ledger
 from fl_app.results import Recorder, RoundRecord
 from fl_app.training import evaluate
 from strategies.metrics import (
@@ -132,7 +133,9 @@ class BaseStrategy(FlowerFedAvg):
             **flower_kwargs,
         )
         self.test_data = load_split(config.dataset, config.data_dir, "test")
-        self.privacy = CentralDp(config.dp) if config.dp.enabled else None
+        self.privacy = dp_ledger(config.dp)
+        #: The partitions sampled this round (the local DP ledger counts them).
+        self.round_partitions: list[int] = []
         self.stop_reason: str | None = None
         self.round_offset = 0  # rounds done before this run: Flower counts from 1
         #: The current round's row, filled in by the pipeline's steps.
@@ -150,7 +153,7 @@ class BaseStrategy(FlowerFedAvg):
     @classmethod
     def check_config(cls, config: RunConfig) -> None:
         """Refuse, naming the key, a config this strategy cannot honour."""
-        if config.dp.enabled:
+        if config.dp.central:
             check_central_dp(config, cls.dp_conflict)
         if config.secagg.enabled:
             check_secagg(config, cls.secagg_conflict)
@@ -194,7 +197,7 @@ class BaseStrategy(FlowerFedAvg):
         if self.run_dir is not None:
             # Where clients keep state that outlives the run (fl_app.client_state).
             config[keys.EXPERIMENT] = self.run_dir.name
-        if self.config.dp.enabled and self.config.secagg.enabled:
+        if self.config.dp.central and self.config.secagg.enabled:
             # Central DP under SecAgg+: the server cannot clip what it cannot see.
             config[keys.DP_CLIP] = self.config.dp.clip_norm
         return config
@@ -223,9 +226,12 @@ class BaseStrategy(FlowerFedAvg):
         instructions = self.sampler.addressed(
             super().configure_fit(server_round, parameters, draw)
         )
+        self.round_partitions = [
+            self.sampler.partition_of(client) for client, _ in instructions
+        ]
         if self.privacy is not None:
-            self.stop_reason = self.privacy.overspend(
-                server_round, self.sampler.drawn_from, len(instructions)
+            self.stop_reason = self.privacy.before_round(
+                server_round, self.sampler.drawn_from, self.round_partitions
             )
             if self.stop_reason is not None:
                 log(WARNING, "stopping: %s", self.stop_reason)
@@ -233,9 +239,7 @@ class BaseStrategy(FlowerFedAvg):
                 return []
         record.clients_sampled = len(instructions)
         record.attackers_sampled = attackers_among(
-            self.config,
-            self.sampler.num_partitions,
-            [self.sampler.partition_of(client) for client, _ in instructions],
+            self.config, self.sampler.num_partitions, self.round_partitions
         )
         record.bytes_sent = sum(
             parameters_nbytes(i.parameters) for _, i in instructions
@@ -273,14 +277,33 @@ class BaseStrategy(FlowerFedAvg):
             if not ordered:
                 return None, {}
         updates = self.validate(server_round, ordered)
+        if server_round == self.config.audit.capture_round:
+            # What a curious server holds: decoded, validated, not yet noised.
+            # Under SecAgg+ every reply carries the same average: keep it once.
+            held = updates[:1] if self.config.secagg.enabled else updates
+            self.recorder.capture(
+                server_round,
+                self.global_weights,
+                {
+                    -1 if self.config.secagg.enabled else u.partition: (
+                        u.num_examples,
+                        u.delta,
+                    )
+                    for u in held
+                },
+            )
         if self.privacy is not None:
             self.privacy.privatize(server_round, updates)
         metrics = weighted_metrics([(u.num_examples, u.metrics) for u in updates])
         new_weights = self._new_weights(server_round, updates)
         if new_weights is None:
             log(WARNING, "round %s: the global model stays unchanged", server_round)
-        elif self.privacy is not None:
-            self.privacy.record(self.sampler.drawn_from, record.clients_sampled)
+        if self.privacy is not None:
+            self.privacy.released(
+                self.sampler.drawn_from,
+                self.round_partitions,
+                aggregated=new_weights is not None,
+            )
         count_replies(record, results, failures, len(updates), self.config.secagg)
         record.train_loss = float(metrics.get(keys.TRAIN_LOSS, math.nan))
         record.model_updated = new_weights is not None

@@ -17,7 +17,7 @@ from flwr.common.config import flatten_dict
 from flwr.server.client_manager import SimpleClientManager
 
 import strategies
-from fl_app.attacks import attacking_partitions, flip_labels
+from fl_app.attacks import attacking_partitions, canary_direction, flip_labels
 from fl_app.client import PartitionClient
 from fl_app.client_app import client_fn
 from fl_app.config import AttackConfig, RunConfig
@@ -91,6 +91,26 @@ def test_gaussian_noise_replaces_the_update(
     assert (
         abs(np.corrcoef(flat, np.concatenate([h.ravel() for h in honest]))[0, 1]) < 0.02
     )
+
+
+def test_a_canary_sends_its_own_fixed_direction_every_round(
+    data: tuple[Split, Split], global_weights: NDArrays
+) -> None:
+    """The same unit direction times ``factor`` whatever the round; another
+    partition's (or a held-out id's) is nearly orthogonal to it."""
+    canary = AttackConfig(kind="canary", factor=3.0)
+    client = PartitionClient(build_model("mlp"), *data, 1, attack=canary)
+    sent = [
+        client.fit(global_weights, {**FIT_CONFIG, "server-round": r})[0] for r in (1, 2)
+    ]
+    flat = [np.concatenate([a.ravel() for a in update]) for update in sent]
+    np.testing.assert_array_equal(flat[0], flat[1])
+    assert np.linalg.norm(flat[0]) == pytest.approx(3.0, rel=1e-5)
+    shapes = [w.shape for w in global_weights]
+    direction = np.concatenate([a.ravel() for a in canary_direction(3, 1, shapes)])
+    np.testing.assert_allclose(flat[0], 3.0 * direction, rtol=1e-6)
+    other = np.concatenate([a.ravel() for a in canary_direction(3, 2, shapes)])
+    assert abs(direction @ other) < 6 / np.sqrt(direction.size)
 
 
 def test_label_flip_trains_on_flipped_labels(

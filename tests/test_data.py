@@ -443,3 +443,42 @@ def test_client_data_rejects_out_of_range_partition(
             val_fraction=0.1,
             seed=42,
         )
+
+
+def test_a_run_on_a_seeded_half_keeps_only_that_halfs_examples(
+    mnist_dir: Path,
+) -> None:
+    """``audit.half-seed``: exactly half the training split, the same half for the
+    same seed; every client's examples are in it (the membership audit's labels)."""
+    n = len(load_raw("mnist", str(mnist_dir), "train")[1])
+    half = data.training_half(5, n)
+    assert half.sum() == n // 2
+    np.testing.assert_array_equal(half, data.training_half(5, n))
+    assert (half != data.training_half(6, n)).any()
+    kept = _rows(load_split("mnist", str(mnist_dir), "train").x[half])
+    whole, in_half = 0, 0
+    for partition in range(4):
+        full, _ = client_data(
+            "mnist",
+            str(mnist_dir),
+            "iid",
+            partition,
+            4,
+            alpha=0.5,
+            val_fraction=0.0,
+            seed=1,
+        )
+        part, _ = client_data(
+            "mnist",
+            str(mnist_dir),
+            "iid",
+            partition,
+            4,
+            alpha=0.5,
+            val_fraction=0.0,
+            seed=1,
+            half_seed=5,
+        )
+        assert _rows(part.x) <= kept & _rows(full.x)
+        whole, in_half = whole + len(full), in_half + len(part)
+    assert in_half == n // 2 and whole == n

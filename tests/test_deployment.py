@@ -34,6 +34,7 @@ import pytest
 from fl_app.launch.certs import Certs
 from fl_app.launch.federation import Federation
 from fl_app.launch.runs import RunOutcome
+from fl_app.privacy import gaussian_epsilon
 from fl_app.results import (
     HISTORY_CSV,
     HISTORY_JSON,
@@ -238,12 +239,15 @@ def _rounds_done(output_dir: Path) -> int:
         return 0
 
 
-def test_secagg_run_completes_over_tls(
+def test_secagg_with_local_dp_completes_over_tls(
     federation: Federation, data_dir: Path, tmp_path: Path
 ) -> None:
-    """SecAgg+ over TLS with node authentication: a round goes through the four
-    stages on every node, each stage's ClientApp a fresh process that finds the
-    protocol's secrets in the node's state, and the strategy sees only the sum."""
+    """SecAgg+ with local DP (distributed DP) over TLS with node authentication: a
+    round goes through the four stages on every node, each stage's ClientApp a
+    fresh process that finds the protocol's secrets in the node's state; each node
+    clips and noises its update before masking it, the strategy sees only the sum,
+    and the history carries the clients' epsilon."""
+    z, delta = 0.01, 1e-5
     config = run_config(
         data_dir,
         tmp_path,
@@ -252,6 +256,10 @@ def test_secagg_run_completes_over_tls(
             "secagg.enabled": True,
             "secagg.timeout": 60.0,
             "validation.max-update-norm": 0.0,
+            "dp.mode": "local",
+            "dp.clip-norm": 1.0,
+            "dp.noise-multiplier": z,
+            "dp.delta": delta,
         },
     )
     result = finish(*run_in_background(federation, config), 240)
@@ -262,6 +270,7 @@ def test_secagg_run_completes_over_tls(
     assert history[1]["distinct_updates_seen"] == 1
     assert history[1]["clients_succeeded"] == NUM_NODES
     assert history[1]["test_accuracy"] > history[0]["test_accuracy"]
+    assert history[1]["epsilon"] == pytest.approx(gaussian_epsilon(z, 1, delta))
 
 
 def test_unregistered_or_untrusting_supernode_is_refused(

@@ -1,4 +1,5 @@
-"""Central DP (``fl_app.privacy`` and its use in ``BaseStrategy``).
+"""Central and local DP (``fl_app.privacy`` and its use in ``BaseStrategy``), and
+what the server keeps for the privacy audit (``audit.capture-round``).
 
 ``clip`` bounds an update's L2 norm by S; ``privatize`` adds noise of std z S to the
 sum of m clipped updates (z S / m on their mean); ``CentralDp`` reports what
@@ -18,6 +19,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,8 +37,25 @@ from flwr.common import (
 from flwr.server.client_manager import SimpleClientManager
 
 import strategies
-from fl_app.config import ConfigError, DpConfig, RunConfig, ValidationConfig
-from fl_app.privacy import NOISE_SALT, CentralDp, clip, privatize
+from fl_app.client import PartitionClient
+from fl_app.config import (
+    AuditConfig,
+    ConfigError,
+    DpConfig,
+    RunConfig,
+    ValidationConfig,
+)
+from fl_app.data import client_data
+from fl_app.model import build_model, get_weights
+from fl_app.privacy import (
+    NOISE_SALT,
+    CentralDp,
+    LocalDp,
+    clip,
+    gaussian_epsilon,
+    local_privatize,
+    privatize,
+)
 from fl_app.results import SUMMARY_FILE, read_history
 from strategies import strategy_class
 from tests.fakes import FakeNode
@@ -61,7 +80,7 @@ def direct_epsilon(
     return float(accountant.get_epsilon(DELTA))
 
 
-def dp_config(**changes: float) -> DpConfig:
+def dp_config(**changes: Any) -> DpConfig:
     return DpConfig(
         **{"clip_norm": S, "noise_multiplier": Z, "delta": DELTA, **changes}
     )
@@ -487,3 +506,130 @@ def test_noise_seed_repeats_the_noise_only_when_asked(mnist_dir: Path) -> None:
     fresh = [first_round(-1), first_round(-1)]
     assert np.array_equal(flat(seeded[0]), flat(seeded[1]))
     assert not np.array_equal(flat(fresh[0]), flat(fresh[1]))
+
+
+# ------------------------------------------------------------------ local DP
+def local_strategy(
+    mnist_dir: Path, run_dir: Path | None = None, **dp: float
+) -> tuple[strategies.FedAvg, SimpleClientManager]:
+    """``make_strategy`` with ``dp.mode = "local"``."""
+    strategy, manager = make_strategy(mnist_dir, run_dir, **dp)
+    config = strategy.config.replace(dp=dp_config(mode="local", **dp))
+    return strategies.FedAvg(config, run_dir=run_dir), manager
+
+
+def test_local_privatize_clips_then_adds_zS_to_every_coordinate() -> None:
+    config = DpConfig(clip_norm=2.0, noise_multiplier=0.5, delta=DELTA, mode="local")
+    long = [np.full(100_000, 10.0, np.float32)]
+    noised = local_privatize(long, config, np.random.default_rng(0))[0]
+    clean = clip(long, 2.0)[0]
+    assert noised.dtype == np.float32
+    assert np.std(noised - clean) == pytest.approx(0.5 * 2.0, rel=0.02)
+    assert abs(np.mean(noised - clean)) < 6 * 1.0 / math.sqrt(100_000)
+
+
+def test_local_ledger_reports_the_worst_clients_composed_epsilon() -> None:
+    """Each participation is one Gaussian release (multiplier z/2, no sampling
+    amplification: the server knows who took part); the history shows the
+    client that took part most."""
+    ledger = LocalDp(dp_config(mode="local"))
+    assert ledger.epsilon() == 0.0
+    ledger.record([1, 2, 3])
+    ledger.record([2, 5])
+    accountant = rdp.RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
+    accountant.compose(dp_event.GaussianDpEvent(Z / 2), 2)
+    assert ledger.epsilon() == pytest.approx(accountant.get_epsilon(DELTA), rel=1e-9)
+    assert ledger.epsilon() == pytest.approx(gaussian_epsilon(Z, 2, DELTA))
+    assert ledger.epsilon([2]) == pytest.approx(gaussian_epsilon(Z, 3, DELTA))
+    assert gaussian_epsilon(Z, 3, DELTA) > gaussian_epsilon(Z, 2, DELTA)
+    restored = LocalDp(dp_config(mode="local"))
+    restored.load_state_dict(json.loads(json.dumps(ledger.state_dict())))
+    assert restored.releases == Counter({1: 1, 2: 2, 3: 1, 5: 1})
+
+
+def test_local_dp_server_adds_no_noise_and_accounts_per_client(
+    mnist_dir: Path,
+) -> None:
+    """Under local DP the server averages what arrives (n_k-weighted, as FedAvg)
+    without clipping or noise of its own, and each row's epsilon is the worst
+    client's after its participations so far."""
+    strategy, manager = local_strategy(mnist_dir)
+    like = strategy.global_weights
+    deltas = bias_only_deltas(like, [0.5, 2.0, 5.0, 0.1, 40.0])
+    sizes = [1, 10, 100, 1000, 5000]
+    strategy.evaluate(0, current(strategy))
+    w_t, new = play_round(strategy, manager, 1, deltas, sizes)
+    assert new is not None
+    weighted = flat(w_t) + np.average([flat(d) for d in deltas], axis=0, weights=sizes)
+    np.testing.assert_allclose(flat(new), weighted, atol=1e-5)
+    assert strategy.history[-1].epsilon == pytest.approx(gaussian_epsilon(Z, 1, DELTA))
+    assert isinstance(strategy.privacy, LocalDp)
+    assert sum(strategy.privacy.releases.values()) == M
+
+
+def test_local_dp_composes_with_rules_central_dp_refuses() -> None:
+    """Central DP cannot wrap the median (no mean to noise); local DP can (the rule
+    is post-processing of noised updates). A bad mode names its key."""
+    base = RunConfig(model="mlp")
+    with pytest.raises(ConfigError, match=r"dp\.clip-norm"):
+        strategy_class(base.replace(strategy="median", dp=dp_config()))
+    strategy_class(base.replace(strategy="median", dp=dp_config(mode="local")))
+    with pytest.raises(ConfigError, match=r"dp\.mode"):
+        base.replace(dp=dp_config(mode="server"))
+
+
+def test_a_local_dp_client_sends_its_clipped_update_plus_zS_noise(
+    mnist_dir: Path,
+) -> None:
+    """The reply of a client with local DP is its clean clipped update plus noise
+    of std z S per coordinate (the same client, seeded batches, DP off: the clean
+    update)."""
+    train, val = client_data(
+        "mnist", str(mnist_dir), "iid", 0, 4, alpha=0.5, val_fraction=0.1, seed=1
+    )
+    weights = get_weights(build_model("mlp", seed=0))
+    config = {
+        "server-round": 1,
+        "learning-rate": 0.1,
+        "local-epochs": 1,
+        "batch-size": 10,
+        "seed": 1,
+    }
+    clean, n, _ = PartitionClient(build_model("mlp"), train, val, 0).fit(
+        weights, dict(config)
+    )
+    local = dp_config(mode="local", clip_norm=0.5, noise_multiplier=0.2, noise_seed=3)
+    noised, n_local, _ = PartitionClient(
+        build_model("mlp"), train, val, 0, local_dp=local
+    ).fit(weights, dict(config))
+    assert norm(clean) > 0.5 and n_local == n  # clipped; n_k still goes up
+    residual = flat(noised) - flat(clip(clean, 0.5))
+    assert np.std(residual) == pytest.approx(0.2 * 0.5, rel=0.02)
+    assert abs(np.mean(residual)) < 6 * 0.1 / math.sqrt(residual.size)
+
+
+def test_the_server_keeps_the_capture_rounds_updates_before_its_noise(
+    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``audit.capture-round``: what a curious server holds, written to
+    audit/round-<r>.npz: the round's global weights and each partition's update
+    as the pipeline decoded it, before central DP's clip and noise."""
+    monkeypatch.setattr("fl_app.results.plot_history", lambda *args: None)
+    strategy, manager = make_strategy(mnist_dir, run_dir=tmp_path)
+    config = strategy.config.replace(audit=AuditConfig(capture_round=1))
+    strategy = strategies.FedAvg(config, run_dir=tmp_path)
+    strategy.evaluate(0, current(strategy))
+    chosen = strategy.configure_fit(1, current(strategy), manager)
+    w_t, new = play_round(strategy, manager, 1)
+    assert new is not None
+    partitions = sorted(strategy.round_partitions)
+    with np.load(tmp_path / "audit" / "round-1.npz") as held:
+        for i, w in enumerate(w_t):
+            np.testing.assert_array_equal(held[f"global_{i}"], w)
+        deltas = random_deltas(w_t, seed=1)  # what play_round sent, in draw order
+        for k, (proxy, _) in enumerate(chosen):
+            p = strategy.sampler.partition_of(proxy)
+            assert int(held[f"n_{p}"]) == 100
+            np.testing.assert_array_equal(held[f"delta_{p}_0"], deltas[k][0])
+        assert {int(key[2:]) for key in held if key.startswith("n_")} == set(partitions)
+    assert not (tmp_path / "audit" / "round-2.npz").exists()

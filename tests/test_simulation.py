@@ -28,6 +28,7 @@ from fl_app.launch.flower_cli import (
     simulation_config,
 )
 from fl_app.launch.processes import ManagedProcess
+from fl_app.privacy import gaussian_epsilon
 from fl_app.results import TIMING_FIELDS, read_history
 from tests.inprocess import APP_DIR, quick_config, run_in_process
 
@@ -93,13 +94,16 @@ def in_process_history(config: dict[str, Any], output_dir: Path) -> list[dict]:
     return read_history((output_dir / "latest").resolve())
 
 
-def test_fedprox_with_topk_compression(
+def test_fedprox_with_local_dp_and_topk_compression(
     superlink: SuperLink, mnist_dir: Path, tmp_path: Path
 ) -> None:
-    """FedProx's proximal term and top-k with error feedback, both client parts
-    switched on by the run config: every reply decodes (none rejected), the model
-    learns, the upload (measured from the replies) is >= 20x smaller than the
-    download, and the run equals the in-process run of the same config."""
+    """FedProx's proximal term, local DP and top-k with error feedback, all client
+    parts switched on by the run config: every reply decodes (none rejected), the
+    model learns, the upload (measured from the replies) is >= 20x smaller than the
+    download, each row's epsilon is the worst client's (its participations so far
+    composed), and the run equals the in-process run of the same config (the local
+    noise is seeded)."""
+    z, delta = 0.01, 1e-5
     config = run_config(
         mnist_dir,
         tmp_path / "out",
@@ -108,6 +112,11 @@ def test_fedprox_with_topk_compression(
             "fedprox.mu": 0.1,
             "compression.scheme": "topk",
             "compression.topk-fraction": 0.01,
+            "dp.mode": "local",
+            "dp.clip-norm": 1.0,
+            "dp.noise-multiplier": z,
+            "dp.delta": delta,
+            "dp.noise-seed": 7,
         },
     )
     history = completed(*simulate(superlink, config, tmp_path))
@@ -115,6 +124,13 @@ def test_fedprox_with_topk_compression(
     for row in history[1:]:
         assert row["clients_succeeded"] == 5 and row["clients_rejected"] == 0
         assert row["bytes_received"] * 20 <= row["bytes_sent"]
+    # Rounds of 5 of 10 clients: after round 1 every sampled client has one
+    # release; after round 2 the worst has one or two.
+    assert history[0]["epsilon"] == 0.0
+    assert history[1]["epsilon"] == pytest.approx(gaussian_epsilon(z, 1, delta))
+    assert history[2]["epsilon"] in (
+        pytest.approx(gaussian_epsilon(z, count, delta)) for count in (1, 2)
+    )
     assert_same_history(history, in_process_history(config, tmp_path / "local"))
 
 
