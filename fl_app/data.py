@@ -308,6 +308,39 @@ def training_half(half_seed: int, num_examples: int) -> np.ndarray:
     return keep
 
 
+def client_indices(
+    dataset: str,
+    data_dir: str,
+    partitioner: str,
+    partition_id: int,
+    num_partitions: int,
+    *,
+    alpha: float,
+    val_fraction: float,
+    seed: int,
+    half_seed: int = -1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A client's (train, validation) indices into the training split: its
+    partition, split by ``seed``; with ``half_seed >= 0``, only the partition's
+    examples in that seeded half (``training_half``). The one place that says which
+    examples a client trains on (the membership audit asks it too)."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(
+            f"partition-id {partition_id} is outside "
+            f"[0, num-partitions={num_partitions})"
+        )
+    indices = _all_partitions(
+        dataset, data_dir, partitioner, num_partitions, alpha, seed
+    )[partition_id]
+    if half_seed >= 0:
+        _, labels = load_raw(dataset, data_dir, "train")
+        indices = indices[training_half(half_seed, len(labels))[indices]]
+    rng = np.random.default_rng([seed, partition_id])
+    shuffled = rng.permutation(indices)
+    num_val = round(len(shuffled) * val_fraction)
+    return shuffled[num_val:], shuffled[:num_val]
+
+
 def client_data(
     dataset: str,
     data_dir: str,
@@ -320,26 +353,21 @@ def client_data(
     seed: int,
     half_seed: int = -1,
 ) -> tuple[Split, Split]:
-    """A client's (train, validation) tensors: its partition, split by ``seed``;
-    with ``half_seed >= 0``, only the partition's examples in that seeded half of
-    the training split (``training_half``)."""
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(
-            f"partition-id {partition_id} is outside "
-            f"[0, num-partitions={num_partitions})"
-        )
-    indices = _all_partitions(
-        dataset, data_dir, partitioner, num_partitions, alpha, seed
-    )[partition_id]
+    """A client's (train, validation) tensors (``client_indices``)."""
+    train, val = client_indices(
+        dataset,
+        data_dir,
+        partitioner,
+        partition_id,
+        num_partitions,
+        alpha=alpha,
+        val_fraction=val_fraction,
+        seed=seed,
+        half_seed=half_seed,
+    )
     # Only this client's rows are read from the memory-mapped cache and converted:
     # a deployed node's fresh process per message touches ~1% of the dataset.
     images, labels = load_raw(dataset, data_dir, "train")
-    if half_seed >= 0:
-        indices = indices[training_half(half_seed, len(labels))[indices]]
-    rng = np.random.default_rng([seed, partition_id])
-    shuffled = rng.permutation(indices)
-    num_val = round(len(shuffled) * val_fraction)
-    train, val = shuffled[num_val:], shuffled[:num_val]
     return (
         normalise(dataset, images[train], labels[train]),
         normalise(dataset, images[val], labels[val]),

@@ -253,16 +253,19 @@ class Recorder:
         self,
         server_round: int,
         global_weights: NDArrays,
+        sampled: Sequence[int],
         updates: Mapping[int, tuple[int, NDArrays]],
     ) -> None:
-        """``audit/round-<r>.npz``: the round's global weights and every update the
-        server holds (partition -> (n_k, delta); partition -1 is SecAgg+'s
-        aggregate), for the privacy audit. Written atomically, like every result."""
+        """``audit/round-<r>.npz``: the round's global weights, the partitions it
+        sampled and every update the server holds (partition -> (n_k, delta);
+        partition -1 is SecAgg+'s aggregate), for the privacy audit. Written
+        atomically, like every result."""
         if self.run_dir is None:
             return
         arrays: dict[str, np.ndarray] = {
             f"global_{i}": w for i, w in enumerate(global_weights)
         }
+        arrays["sampled"] = np.array(sorted(sampled), dtype=np.int64)
         for partition, (num_examples, delta) in updates.items():
             arrays[f"n_{partition}"] = np.array(num_examples)
             arrays.update({f"delta_{partition}_{i}": d for i, d in enumerate(delta)})

@@ -284,6 +284,7 @@ class BaseStrategy(FlowerFedAvg):
             self.recorder.capture(
                 server_round,
                 self.global_weights,
+                self.round_partitions,
                 {
                     -1 if self.config.secagg.enabled else u.partition: (
                         u.num_examples,

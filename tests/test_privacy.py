@@ -632,4 +632,5 @@ def test_the_server_keeps_the_capture_rounds_updates_before_its_noise(
             assert int(held[f"n_{p}"]) == 100
             np.testing.assert_array_equal(held[f"delta_{p}_0"], deltas[k][0])
         assert {int(key[2:]) for key in held if key.startswith("n_")} == set(partitions)
+        assert held["sampled"].tolist() == partitions
     assert not (tmp_path / "audit" / "round-2.npz").exists()

@@ -17,11 +17,15 @@ sampling error) would mean the DP implementation leaks more than it claims.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from flwr.common import NDArrays
 from scipy.optimize import brentq
 from scipy.stats import norm
+
+from fl_app.attacks import canary_direction
 
 
 @dataclass(frozen=True)
@@ -68,3 +72,46 @@ def estimate_epsilon(
     mu = (mean_in - mean_out) / std if std > 0 else math.inf
     epsilon = math.inf if math.isinf(mu) else gdp_epsilon(mu, delta)
     return EmpiricalEpsilon(epsilon, mu, mean_in, mean_out, std)
+
+
+def canary_cosines(
+    model_change: NDArrays, seed: int, canaries: Iterable[int]
+) -> np.ndarray:
+    """The cosine between the model's change (final minus initial weights) and each
+    canary's direction (``fl_app.attacks.canary_direction``, the run's ``seed``)."""
+    change = np.concatenate([np.ravel(a).astype(np.float64) for a in model_change])
+    length = float(np.linalg.norm(change))
+    shapes = [a.shape for a in model_change]
+    cosines = []
+    for canary in canaries:
+        direction = np.concatenate(
+            [np.ravel(a) for a in canary_direction(seed, canary, shapes)]
+        ).astype(np.float64)
+        cosines.append(float(change @ direction) / length if length > 0 else 0.0)
+    return np.array(cosines)
+
+
+def epsilon_interval(
+    inserted: np.ndarray,
+    held_out: np.ndarray,
+    delta: float,
+    *,
+    level: float = 0.95,
+    resamples: int = 200,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """A bootstrap interval of ``estimate_epsilon`` (both sets resampled): how far
+    the estimate from this many canaries can be trusted."""
+    rng = np.random.default_rng(seed)
+    inserted, held_out = np.asarray(inserted), np.asarray(held_out)
+    estimates = [
+        estimate_epsilon(
+            rng.choice(inserted, len(inserted)),
+            rng.choice(held_out, len(held_out)),
+            delta,
+        ).epsilon
+        for _ in range(resamples)
+    ]
+    tail = (1 - level) / 2
+    low, high = np.quantile(estimates, [tail, 1 - tail])
+    return float(low), float(high)
