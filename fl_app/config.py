@@ -281,6 +281,12 @@ class AuditConfig:
     # shadow runs); -1 = all of it.
     half_seed: int = -1
 
+    @property
+    def enabled(self) -> bool:
+        """The run is part of an audit: the server also lists who took part in
+        each round (``audit/sampled.json``)."""
+        return self.capture_round > 0 or self.half_seed >= 0
+
     def validate(self, key: KeyName) -> None:
         if self.capture_round < 0:
             raise ConfigError(

@@ -39,6 +39,7 @@ MODEL_FILE = "model.pt"
 PLOT_FILE = "history.png"
 CONFIG_FILE = "config.json"
 AUDIT_DIR = "audit"  # audit.capture-round's updates, as the server held them
+SAMPLED_FILE = "sampled.json"  # in AUDIT_DIR: each round's sampled partitions
 # history.png is redrawn at most this often, and once more when the run ends: a
 # drawing costs about 0.2 s (0.8 s with matplotlib's import), a whole steady round
 # in the simulation. history.csv and the checkpoint are written every round.
@@ -274,6 +275,17 @@ class Recorder:
         folder = self.run_dir / AUDIT_DIR
         folder.mkdir(exist_ok=True)
         write_atomically(folder / f"round-{server_round}.npz", buffer.getvalue())
+
+    def sampled(self, server_round: int, partitions: Sequence[int]) -> None:
+        """Add a round's sampled partitions to ``audit/sampled.json`` (round ->
+        partitions): which examples a model saw, for the membership audit."""
+        if self.run_dir is None:
+            return
+        path = self.run_dir / AUDIT_DIR / SAMPLED_FILE
+        path.parent.mkdir(exist_ok=True)
+        rounds = json.loads(path.read_text()) if path.is_file() else {}
+        rounds[str(server_round)] = sorted(int(p) for p in partitions)
+        write_json(path, rounds)
 
     def save(self, model: nn.Module | None, stop_reason: str | None) -> None:
         """Rewrite the history, the model (if given), the summary, and the plot when

@@ -238,6 +238,8 @@ class BaseStrategy(FlowerFedAvg):
                 self.recorder.stopped(self.stop_reason)
                 return []
         record.clients_sampled = len(instructions)
+        if self.config.audit.enabled:
+            self.recorder.sampled(server_round, self.round_partitions)
         record.attackers_sampled = attackers_among(
             self.config, self.sampler.num_partitions, self.round_partitions
         )

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.common import Code, FitRes, NDArrays, Status, ndarrays_to_parameters
+from flwr.common import NDArrays
 
-from fl_app import keys
 from fl_app.audit.canaries import estimate_epsilon, gdp_delta, gdp_epsilon
-from fl_app.audit.membership import loss_scores, separation
+from fl_app.audit.membership import lira_scores, loss_scores, separation
 from fl_app.audit.reconstruction import (
     RECOVERED_PSNR,
     first_layer_inversion,
@@ -20,18 +19,9 @@ from fl_app.audit.reconstruction import (
     quality,
     to_pixels,
 )
-from fl_app.client import PartitionClient
+from fl_app.audit.replies import fit_config, reply_as_held
 from fl_app.data import Split, client_data
 from fl_app.model import build_model, get_weights
-from strategies.validation import Layout, checked_arrays
-
-FEDSGD = {  # one SGD step on one example: B = 1, E = 1
-    keys.SERVER_ROUND: 1,
-    keys.LEARNING_RATE: 0.1,
-    keys.LOCAL_EPOCHS: 1,
-    keys.BATCH_SIZE: 1,
-    keys.SEED: 42,
-}
 
 
 @pytest.fixture(scope="module")
@@ -41,27 +31,14 @@ def examples(mnist_dir: Path) -> tuple[Split, Split]:
     )
 
 
-def server_side(weights: NDArrays, update: NDArrays, n: int) -> NDArrays:
-    """The update as the strategy's pipeline holds it once the reply is checked."""
-    reply = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), n, {})
-    return checked_arrays(
-        reply,
-        Layout.of(weights),
-        num_update_arrays=len(weights),
-        max_num_examples=60_000,
-        max_update_norm=1000.0,
-    )
-
-
 def one_example_reply(
     examples: tuple[Split, Split], index: int, weights: NDArrays
 ) -> NDArrays:
-    train, val = examples
+    """One SGD step on one example (FedSGD, B = 1) by the app's client, as the
+    server's pipeline holds the reply."""
+    train, _ = examples
     one = Split(train.x[index : index + 1], train.y[index : index + 1])
-    update, n, _ = PartitionClient(build_model("2nn"), one, val, 0).fit(
-        weights, dict(FEDSGD)
-    )
-    return server_side(weights, update, n)
+    return reply_as_held("2nn", weights, one, fit_config(1))
 
 
 def test_one_example_comes_back_exactly_with_its_label(
@@ -78,11 +55,12 @@ def test_one_example_comes_back_exactly_with_its_label(
         assert quality(original, to_pixels(x, "mnist")).recovered
 
 
-def test_the_sum_of_five_updates_gives_no_client_back(
+def test_the_analytic_formula_on_the_sum_of_five_updates_gives_no_client_back(
     examples: tuple[Split, Split],
 ) -> None:
-    """What SecAgg+ leaves the server: the sum. The same formula then blends every
-    client's input, and none of the five is recovered."""
+    """What SecAgg+ leaves the server: the sum. The one-example formula then blends
+    every client's input, and none of the five is recovered by it (the separation
+    attack, ``tests/test_audit_batch.py``, unmixes such a sum)."""
     train, _ = examples
     weights = get_weights(build_model("2nn", seed=0))
     deltas = [one_example_reply(examples, index, weights) for index in range(5)]
@@ -145,3 +123,26 @@ def test_gdp_epsilon_inverts_the_gdp_delta_curve() -> None:
     # More distinguishable, more ε; a mechanism that leaks nothing costs none.
     assert gdp_epsilon(0.5, 1e-5) < gdp_epsilon(1.0, 1e-5) < gdp_epsilon(3.0, 1e-5)
     assert gdp_epsilon(0.0, 1e-5) == 0.0
+
+
+def test_lira_separates_members_its_shadows_say_are_in() -> None:
+    """Shadows that put members' statistic 1.0 above non-members' (spread 0.3):
+    a target that trained on its members is caught at low FPR; a target whose
+    statistic ignores membership scores at chance."""
+    rng = np.random.default_rng(0)
+    n, k = 4000, 6
+    shadow_in = rng.random((k, n)) < 0.5
+    shadows = rng.normal(0, 0.3, (k, n)) + shadow_in + rng.normal(0, 1, n)
+    offset = shadows.mean(0) - shadow_in.mean(0)  # each example's own difficulty
+    members = rng.random(n) < 0.5
+    trained = offset + members + rng.normal(0, 0.3, n)
+    scores = lira_scores(trained, shadows, shadow_in)
+    found = separation(scores[members], scores[~members])
+    assert found.auc > 0.95 and found.tpr_at_fpr[0.01] > 0.3, found
+    # The loss-threshold view of the same statistic cannot undo each example's
+    # difficulty (spread 1): LiRA's per-example calibration is what wins.
+    raw = separation(trained[members], trained[~members])
+    assert raw.auc < found.auc - 0.1, (raw, found)
+    blind = offset + rng.normal(0, 0.3, n)
+    chance = lira_scores(blind, shadows, shadow_in)
+    assert abs(separation(chance[members], chance[~members]).auc - 0.5) < 0.05

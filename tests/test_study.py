@@ -354,3 +354,26 @@ def test_a_finished_run_leaves_no_client_state_behind(tmp_path: Path) -> None:
         study.run("fedavg", {"strategy": "fedavg"}, 10)
     assert not state.parent.exists()
     assert other.exists()
+
+
+def test_the_privacy_audit_plans_each_defence_and_the_membership_runs() -> None:
+    """Every defence run keeps round 1's updates; the membership runs are on
+    distinct halves with canaries; every run config is one the app accepts."""
+    from fl_app.studies import privacy_audit
+
+    args = privacy_audit.parse_args(
+        ["--central", "0.5,1", "--local", "0.1", "--shadows", "3"]
+    )
+    study = privacy_audit.PrivacyAudit(args, [])
+    plan = {run.name: run for run in study.plan()}
+    defences = ["none", "sign", "topk", "secagg", "central-z0.5", "central-z1"]
+    assert [*plan][:8] == ["default-none", *defences, "local-z0.1"]
+    assert plan["default-none"].num_supernodes == 100
+    assert all(plan[d].run_config["audit.capture-round"] == 1 for d in defences)
+    assert plan["local-z0.1"].run_config["dp.mode"] == "local"
+    halves = [n for n in plan if n.startswith("mia-central-z1-")]
+    assert [plan[n].run_config["audit.half-seed"] for n in halves] == [0, 1, 2]
+    assert all(plan[n].run_config["attack.kind"] == "canary" for n in halves)
+    assert len(plan) == 1 + 7 + 3 * 3
+    for run in plan.values():
+        RunConfig.from_flower({**run.run_config, "data-dir": ""})

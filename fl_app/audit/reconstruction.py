@@ -8,8 +8,9 @@ gradient of the loss is ``∂L/∂W₁ = δ xᵀ`` and ``∂L/∂b₁ = δ``: ev
 this app's models begin with such a layer. Rows are combined by least squares
 (``Σᵢ Δb₁ᵢ ΔW₁ᵢ / Σᵢ Δb₁ᵢ²``), so rows the ReLU silenced (``δᵢ = 0``) weigh nothing
 and float32 rounding averages out. What it needs, a one-example update, is what
-SecAgg+ takes away: the server then holds a sum, and the same formula gives a blend
-of every client's inputs.
+SecAgg+ changes: the server then holds a sum, and this formula gives a blend of
+every client's inputs. The sum is still a mixture of few inputs, though, and
+``separation`` unmixes it: SecAgg+ alone does not hide five one-example updates.
 
 **The label** (iDLG, Zhao et al. 2020): for one example the last layer's bias
 gradient is ``softmax - onehot``, negative at the true label only, so the update

@@ -61,14 +61,15 @@ def load_capture(run_dir: Path, server_round: int) -> Capture:
     return Capture(weights, sampled, dict(sorted(updates.items())))
 
 
-def fedsgd_config(
-    batch_size: int, lr: float = 0.1, seed: int = 42
+def fit_config(
+    batch_size: int, lr: float = 0.1, epochs: int = 1, seed: int = 42
 ) -> dict[str, Scalar]:
-    """A fit config of one local step (FedSGD: E = 1, B = the client's n_k)."""
+    """A round-1 fit config as the strategy sends it (FedSGD: ``epochs = 1`` and
+    ``batch_size`` = the client's n_k, one step)."""
     return {
         keys.SERVER_ROUND: 1,
         keys.LEARNING_RATE: lr,
-        keys.LOCAL_EPOCHS: 1,
+        keys.LOCAL_EPOCHS: epochs,
         keys.BATCH_SIZE: batch_size,
         keys.SEED: seed,
     }

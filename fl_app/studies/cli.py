@@ -46,7 +46,10 @@ def add_common_arguments(
         "fashion-mnist; for mnist, '' = download with torchvision)",
     )
     parser.add_argument(
-        "--rounds", type=int, default=default_rounds, help="rounds (default: 30)"
+        "--rounds",
+        type=int,
+        default=default_rounds,
+        help=f"rounds (default: {default_rounds})",
     )
     parser.add_argument(
         "--strategies",
