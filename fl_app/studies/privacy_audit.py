@@ -50,6 +50,7 @@ from fl_app.studies.cli import (
     study_parser,
 )
 from fl_app.studies.driver import PlannedRun, RunResult, Study
+from fl_app.studies.privacy_audit_report import slug, write_report
 
 DEFAULT_JOB_CLIENTS = 100  # the app's default job: 100 clients of 600 examples
 CANARY_FRACTION = 0.1
@@ -121,10 +122,6 @@ def defences(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return found
 
 
-def slug(text: str) -> str:
-    return text.replace(" ", "-").replace("=", "")
-
-
 class PrivacyAudit(Study):
     """The plan (reconstruction runs, membership runs) and the report."""
 
@@ -157,6 +154,7 @@ class PrivacyAudit(Study):
                 config = {
                     **run_config(args, "fedavg", "iid"),
                     **knobs,
+                    **self.own_noise(knobs, half),
                     "audit.half-seed": half,
                     "attack.kind": "canary",
                     "attack.fraction": CANARY_FRACTION,
@@ -172,6 +170,13 @@ class PrivacyAudit(Study):
                 )
         return runs
 
+    def own_noise(self, knobs: Mapping[str, Any], half: int) -> dict[str, Any]:
+        """Each membership run its own DP noise: the shadows must not share the
+        target's noise, which an attacker cannot know."""
+        if "dp.noise-seed" not in knobs:
+            return {}
+        return {"dp.noise-seed": self.args.seed + 1 + half}
+
     def headline(self, planned: int) -> str:
         return (
             f"{planned} runs: the default job, {len(self.defences)} defences on "
@@ -183,8 +188,6 @@ class PrivacyAudit(Study):
     def write_report(
         self, results: Mapping[str, RunResult], wall_seconds: float
     ) -> None:
-        from fl_app.studies.privacy_audit_report import write_report
-
         write_report(self, results, wall_seconds)
 
 

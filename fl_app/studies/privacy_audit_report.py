@@ -6,17 +6,18 @@ and the in-process FedSGD part once per output folder (``fedsgd.json``).
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from fl_app.audit import analysis
 from fl_app.audit.reconstruction import RECOVERED_PSNR
 from fl_app.files import write_json, write_text
-from fl_app.studies.driver import RunResult
+from fl_app.studies.driver import PlannedRun, RunResult
 from fl_app.studies.report import (
     final_accuracy,
     machine,
@@ -25,8 +26,35 @@ from fl_app.studies.report import (
     points,
 )
 
-if TYPE_CHECKING:
-    from fl_app.studies.privacy_audit import PrivacyAudit
+
+class PrivacyAudit(Protocol):
+    """What the report reads of the study (``fl_app.studies.privacy_audit``)."""
+
+    args: argparse.Namespace
+    out: Path
+    report_name: str
+    defences: dict[str, dict[str, Any]]
+    settings: list[str]
+    cache: dict[str, Any]
+    table: str
+    verdict: Sequence[str]
+
+    @property
+    def clients(self) -> int: ...
+
+    def plan(self) -> list[PlannedRun]: ...
+
+    def provenance(
+        self, results: Mapping[str, RunResult], wall_seconds: float
+    ) -> str: ...
+
+    def stamp(self, wall_seconds: float, with_machine: bool = False) -> dict: ...
+
+
+def slug(text: str) -> str:
+    """A defence's or setting's name as a run folder name: ``central-z0.5``."""
+    return text.replace(" ", "-").replace("=", "")
+
 
 Images = dict[str, np.ndarray]  # row label -> (k, 28, 28) images in [0, 1]
 
@@ -88,8 +116,6 @@ def fedavg_rows(
 ) -> list[dict[str, Any]]:
     """One row per reconstruction run: what the attack recovered from round 1's
     updates as the server held them, and what the defence cost."""
-    from fl_app.studies.privacy_audit import slug
-
     names = {"default-none": "none (default job)"}
     names.update({slug(d): d for d in study.defences})
     base = final_accuracy(results["none"].rows) if "none" in results else None
@@ -207,10 +233,12 @@ def fedsgd_text() -> str:
         "One step from the global model at its seed (FedSGD, lr 0.1): the analytic "
         "attack on one-example replies (`first_layer_inversion`, the label by "
         "iDLG), gradient matching on one reply of a batch of 4 (DLG with iDLG's "
-        "label counts, `fl_app/audit/gradient_matching.py`), and the sum of 5 "
-        "one-example replies (what SecAgg+ shows the server) unmixed by the "
-        "separation attack. Each reply is made by the app's `PartitionClient` and "
-        "read back through the server's decoding and checks."
+        "label counts, `fl_app/audit/gradient_matching.py`) and the separation "
+        "attack on that same reply; under secagg each reply is summed with four "
+        "other clients' replies of as many examples (what SecAgg+ shows the "
+        "server: 5 inputs for the analytic attack, 20 for the batch). Each reply "
+        "is made by the app's `PartitionClient` and read back through the "
+        "server's decoding and checks."
     )
 
 
@@ -244,8 +272,6 @@ def _cell(found: Mapping[str, Any]) -> str:
 def membership_rows(
     study: PrivacyAudit, results: Mapping[str, RunResult]
 ) -> list[dict[str, Any]]:
-    from fl_app.studies.privacy_audit import slug
-
     rows = []
     for setting in study.settings:
         names = [f"mia-{slug(setting)}-h{h}" for h in range(study.args.shadows)]
@@ -319,8 +345,6 @@ def membership_table(rows: Sequence[Mapping[str, Any]]) -> str:
 def canary_rows(
     study: PrivacyAudit, results: Mapping[str, RunResult]
 ) -> list[dict[str, Any]]:
-    from fl_app.studies.privacy_audit import slug
-
     rows = []
     for setting in study.settings:
         for half in range(study.args.shadows):
