@@ -67,6 +67,23 @@ def canaries_of(config: RunConfig, num_partitions: int) -> frozenset[int]:
     return attacking_partitions(config.seed, num_partitions, config.attack.fraction)
 
 
+def trained_by(config: RunConfig, partition: int, num_partitions: int) -> np.ndarray:
+    """The indices a partition's client trains on in the run ``config`` describes
+    (``fl_app.data.client_indices``: its training share, on the run's half)."""
+    train, _ = client_indices(
+        config.dataset,
+        config.data_dir,
+        config.partitioner,
+        partition,
+        num_partitions,
+        alpha=config.dirichlet_alpha,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        half_seed=config.audit.half_seed,
+    )
+    return train
+
+
 def took_part(run_dir: Path) -> set[int]:
     """The partitions sampled in any round (``audit/sampled.json``)."""
     path = Path(run_dir) / AUDIT_DIR / SAMPLED_FILE
@@ -88,18 +105,7 @@ def trained_mask(run_dir: Path, num_partitions: int) -> np.ndarray:
     for partition in sorted(took_part(run_dir)):
         if partition in skipped:
             continue
-        train, _ = client_indices(
-            config.dataset,
-            config.data_dir,
-            config.partitioner,
-            partition,
-            num_partitions,
-            alpha=config.dirichlet_alpha,
-            val_fraction=config.val_fraction,
-            seed=config.seed,
-            half_seed=config.audit.half_seed,
-        )
-        mask[train] = True
+        mask[trained_by(config, partition, num_partitions)] = True
     return mask
 
 
@@ -222,18 +228,8 @@ class FedAvgReconstruction:
 def client_pixels(config: RunConfig, partition: int, num_partitions: int) -> np.ndarray:
     """A client's training images as pixels in [0, 1] (what the attack is scored
     against), in the order the client holds them."""
-    train, _ = client_indices(
-        config.dataset,
-        config.data_dir,
-        config.partitioner,
-        partition,
-        num_partitions,
-        alpha=config.dirichlet_alpha,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-        half_seed=config.audit.half_seed,
-    )
     images, _ = load_raw(config.dataset, config.data_dir, "train")
+    train = trained_by(config, partition, num_partitions)
     return images[train].astype(np.float64) / 255.0
 
 
