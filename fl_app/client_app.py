@@ -12,6 +12,7 @@ chosen by the fit config from the client's own registry
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import Message, RecordDict
@@ -63,20 +64,40 @@ class PartitionRouter(NumPyClient):
     def fit(
         self, parameters: NDArrays, config: dict[str, Scalar]
     ) -> tuple[NDArrays, int, dict[str, Scalar]]:
-        """Train; state that outlives the round goes to the node's own store when
-        the message names an experiment (``fl_app.client_state``), which is what
-        lets a resumed run find it, else to ``Context.state``."""
+        """Train the message's partition, or each of a packed message's in turn
+        (``fl_app.packing``), every one from the same received weights."""
+        if keys.PARTITION_IDS not in config:
+            return self.fit_one(parameters, config)
+        from fl_app.packing import pack_replies, unpack_partitions
+
+        replies = [
+            (partition, self.fit_one(parameters, single))
+            for partition, single in unpack_partitions(config)
+        ]
+        return pack_replies(replies)
+
+    def fit_one(
+        self, parameters: NDArrays, config: dict[str, Scalar]
+    ) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        """Train one partition; state that outlives the round goes to the node's own
+        store when the message names an experiment (``fl_app.client_state``), which
+        is what lets a resumed run find it, else to ``Context.state``."""
         from fl_app.client_state import NodeStore
 
         partition_id, _ = _partition(self.node, config)
         store = NodeStore.for_message(self.node.node_config, config, partition_id)
         if store is None:
-            return self.client_for(config).fit(parameters, config)
-        server_round = int(config[keys.SERVER_ROUND])
-        state = store.load(before_round=server_round)
-        reply = self.client_for(config, state).fit(parameters, config)
-        store.save(state, server_round)
-        return reply
+            arrays, num_examples, metrics = self.client_for(config).fit(
+                parameters, config
+            )
+        else:
+            server_round = int(config[keys.SERVER_ROUND])
+            state = store.load(before_round=server_round)
+            arrays, num_examples, metrics = self.client_for(config, state).fit(
+                parameters, config
+            )
+            store.save(state, server_round)
+        return arrays, num_examples, {**metrics, keys.RAY_NODE: ray_node()}
 
     def evaluate(
         self, parameters: NDArrays, config: dict[str, Scalar]
@@ -94,6 +115,16 @@ def _partition(node: Context, message_config: dict[str, Scalar]) -> tuple[int, i
             f"node config lacks {missing}; start the SuperNode with "
             '--node-config "partition-id=<i> num-partitions=<N>"'
         ) from None
+
+
+def ray_node() -> str:
+    """The hex id of the Ray node this process runs on ("" outside Ray): what the
+    history's ``clients_by_node`` counts. Ray is only looked up, never imported, so
+    a deployed ClientApp does not pay for it."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ""
+    return str(ray.get_runtime_context().get_node_id())
 
 
 def client_fn(context: Context) -> Client:

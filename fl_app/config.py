@@ -356,6 +356,7 @@ class RunConfig:
     partitioner: str = "iid"
     partition_source: str = "server"
     num_partitions: int = 0
+    clients_per_message: int = 0
     dirichlet_alpha: float = 0.5
     val_fraction: float = 0.1
     seed: int = 42
@@ -494,6 +495,24 @@ class RunConfig:
                 "num-partitions",
                 "only the server can deal partitions to nodes; with "
                 "partition-source = 'node' each node's --node-config says it",
+            )
+        if self.clients_per_message < 0:
+            raise ConfigError(
+                "clients-per-message",
+                f"must be >= 0 (0 = chosen by the server), got "
+                f"{self.clients_per_message}",
+            )
+        if self.clients_per_message > 1 and self.partition_source != "server":
+            raise ConfigError(
+                "clients-per-message",
+                "only the server can deal several partitions to one node; with "
+                "partition-source = 'node' each node trains its own",
+            )
+        if self.clients_per_message > 1 and self.secagg.enabled:
+            raise ConfigError(
+                "clients-per-message",
+                "SecAgg+ runs its protocol (key shares, masks) once per node, so "
+                "each client needs a message of its own: use 1 or 0",
             )
         if not 0 <= self.stop_at_accuracy <= 1:
             raise ConfigError(

@@ -21,6 +21,9 @@ SEED = "seed"
 #: node-config key, when each node holds its own (deployment).
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
+#: The partitions a packed message trains in turn (comma-separated), when the server
+#: deals several virtual clients to one node (``clients-per-message``).
+PARTITION_IDS = "partition-ids"
 #: The run folder's name: where clients keep state that outlives the run.
 EXPERIMENT = "experiment"
 #: Central DP under SecAgg+: clients clip their own update to this L2 norm.
@@ -34,6 +37,11 @@ SCAFFOLD = "scaffold"
 TRAIN_LOSS = "train_loss"  # fit metric
 REPORTED_PARTITION = "partition_id"  # fit metric
 SCAFFOLD_STATE_ROUNDS = "scaffold_state_rounds"  # fit metric: rounds c_i was kept
+#: Fit metric: the Ray node that trained the client (its hex id; "" outside Ray).
+RAY_NODE = "ray_node"
+#: Fit metric of a packed reply: one JSON entry per client, in the order dealt
+#: (``{"partition", "num_examples", "num_arrays", "metrics"}``).
+PACKED = "packed"
 ACCURACY = "accuracy"  # evaluate metric
 NUM_EXAMPLES = "num-examples"  # get_properties
 

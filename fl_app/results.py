@@ -69,6 +69,9 @@ class RoundRecord:
     attackers_sampled: int = 0  # simulated attackers among the sampled (studies)
     epsilon: float = math.nan  # DP budget spent so far, at dp.delta
     model_updated: bool = False  # set by aggregation; False: the previous model kept
+    # Where the replies were trained: "<Ray node id, 8 hex>:<clients> ..." by node id
+    # (simulation; "" where clients run outside Ray, as deployed SuperNodes do).
+    clients_by_node: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_row(self) -> dict[str, Any]:
@@ -79,7 +82,7 @@ class RoundRecord:
 
 
 # Fields that depend on the machine, not on the seed: left out when runs are compared.
-TIMING_FIELDS = ("round_seconds", "elapsed_seconds")
+MACHINE_FIELDS = ("round_seconds", "elapsed_seconds", "clients_by_node")
 
 
 def new_run_dir(output_dir: str | Path, run_id: int | str | None = None) -> Path:

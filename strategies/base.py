@@ -68,6 +68,7 @@ from fl_app.results import Recorder, RoundRecord
 from fl_app.training import evaluate
 from strategies.metrics import (
     attackers_among,
+    clients_by_node,
     count_replies,
     log_failures,
     new_record,
@@ -113,7 +114,11 @@ class BaseStrategy(FlowerFedAvg):
         type(self).check_config(config)
         self.config = config
         self.run_dir = run_dir
-        self.sampler = ClientSampler(config)
+        # Packed messages keep each client's state in the node store, which the
+        # run folder names; SecAgg+ needs a message per client.
+        self.sampler = ClientSampler(
+            config, can_pack=run_dir is not None and not config.secagg.enabled
+        )
         self.model = build_model(config.model, seed=config.seed)
         self.global_weights: NDArrays = get_weights(self.model)
         super().__init__(
@@ -227,7 +232,9 @@ class BaseStrategy(FlowerFedAvg):
             super().configure_fit(server_round, parameters, draw)
         )
         self.round_partitions = [
-            self.sampler.partition_of(client) for client, _ in instructions
+            partition
+            for client, _ in instructions
+            for partition in self.sampler.partitions_of(client)
         ]
         if self.privacy is not None:
             self.stop_reason = self.privacy.before_round(
@@ -237,14 +244,16 @@ class BaseStrategy(FlowerFedAvg):
                 log(WARNING, "stopping: %s", self.stop_reason)
                 self.recorder.stopped(self.stop_reason)
                 return []
-        record.clients_sampled = len(instructions)
+        record.clients_sampled = len(self.round_partitions)
         if self.config.audit.enabled:
             self.recorder.sampled(server_round, self.round_partitions)
         record.attackers_sampled = attackers_among(
             self.config, self.sampler.num_partitions, self.round_partitions
         )
+        # What each client receives, packed or not: the history counts clients.
         record.bytes_sent = sum(
-            parameters_nbytes(i.parameters) for _, i in instructions
+            parameters_nbytes(ins.parameters) * len(self.sampler.partitions_of(client))
+            for client, ins in instructions
         )
         return instructions
 
@@ -272,6 +281,8 @@ class BaseStrategy(FlowerFedAvg):
         server_round += self.round_offset
         record = self.round_record
         log_failures(server_round, failures)
+        results = self.sampler.unpacked(results)
+        record.clients_by_node = clients_by_node(results)
         ordered = sorted(results, key=lambda pair: self.sampler.partition_of(pair[0]))
         if self.config.secagg.enabled:
             dtypes = self.expected_layout().dtypes
@@ -307,7 +318,7 @@ class BaseStrategy(FlowerFedAvg):
                 self.round_partitions,
                 aggregated=new_weights is not None,
             )
-        count_replies(record, results, failures, len(updates), self.config.secagg)
+        count_replies(record, results, failures, len(updates))
         record.train_loss = float(metrics.get(keys.TRAIN_LOSS, math.nan))
         record.model_updated = new_weights is not None
         if self.privacy is not None:

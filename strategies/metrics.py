@@ -5,13 +5,15 @@ sampled, the warning for each failed client."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from logging import WARNING
 
 from flwr.common import FitRes, Parameters, Scalar, log
 from flwr.server.client_proxy import ClientProxy
 
+from fl_app import keys
 from fl_app.attacks import attacking_partitions
-from fl_app.config import RunConfig, SecAggConfig
+from fl_app.config import RunConfig
 from fl_app.results import RoundRecord
 from strategies.validation import REASONS
 
@@ -37,16 +39,29 @@ def count_replies(
     results: list[tuple[ClientProxy, FitRes]],
     failures: list[tuple[ClientProxy, FitRes] | BaseException],
     num_valid: int,
-    secagg: SecAggConfig,
 ) -> None:
     """The round's counts of replies (succeeded, failed, rejected) and bytes
     received, once they are in; ``record.clients_sampled`` is already set."""
     record.clients_succeeded = len(results)
-    record.clients_failed = len(failures)
-    if secagg.enabled:  # SecAggPlusWorkflow lists each one twice
-        record.clients_failed = record.clients_sampled - len(results)
+    # Counted from the clients sampled, not the failures listed: a packed message
+    # that failed is one failure for several clients, and SecAggPlusWorkflow lists
+    # each failure twice.
+    record.clients_failed = (
+        record.clients_sampled - len(results)
+        if record.clients_sampled
+        else len(failures)
+    )
     record.clients_rejected = len(results) - num_valid
     record.bytes_received = sum(parameters_nbytes(r.parameters) for _, r in results)
+
+
+def clients_by_node(results: list[tuple[ClientProxy, FitRes]]) -> str:
+    """``"<node>:<clients> ..."``: how many replies each Ray node trained (the
+    first 8 hex digits of its id, as ``ray status`` shows them), by node id; "" when
+    no reply names one (clients outside Ray)."""
+    counts = Counter(str(res.metrics.get(keys.RAY_NODE, ""))[:8] for _, res in results)
+    counts.pop("", None)
+    return " ".join(f"{node}:{counts[node]}" for node in sorted(counts))
 
 
 def attackers_among(config: RunConfig, num_partitions: int, sampled: list[int]) -> int:

@@ -12,6 +12,14 @@ node serves which partition (``partition-source``):
 * ``node`` (deployment): each node holds its own partition (``--node-config``) and
   is asked once which.
 
+When the server deals, a round's clients may also be *packed*: several partitions
+dealt to one node in one message (``fl_app.packing``), since in simulation a message
+costs as much as a small client's training. ``clients-per-message`` says how many;
+0 (the default) spreads a round over twice as many messages as there are CPUs to
+run them (Ray's, in the simulation), never where SecAgg+ needs one message per
+client. ``unpacked`` splits the replies back into one per client (a
+``PackedClient`` each) before the strategy's pipeline sees them.
+
 ``BaseStrategy`` holds a ``ClientSampler`` (``strategy.sampler``) and hands Flower's
 ``configure_fit`` its ``draw``, a ``SeededDraw``: the real client manager, except
 that ``sample`` is this draw.
@@ -20,20 +28,37 @@ that ``sample`` is this draw.
 from __future__ import annotations
 
 import math
+import os
+import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import cached_property
 from logging import WARNING
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
-from flwr.common import EvaluateIns, FitIns, GetPropertiesIns, Scalar, log
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    GetParametersIns,
+    GetParametersRes,
+    GetPropertiesIns,
+    GetPropertiesRes,
+    Parameters,
+    ReconnectIns,
+    Scalar,
+    log,
+)
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.criterion import Criterion
 
 from fl_app import keys
 from fl_app.config import RunConfig
+from fl_app.packing import PackingError, format_partitions, packed_entries
 
 _Ins = TypeVar("_Ins", FitIns, EvaluateIns)
 
@@ -49,9 +74,13 @@ class ClientSampler:
     """Who a round's clients are: the population, the seeded draw over it, and which
     node serves which partition (``partition_of``)."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, *, can_pack: bool = False) -> None:
+        """``can_pack``: the strategy allows packed messages (its clients keep state
+        by partition, in the node store, and it needs no message per client)."""
         self.config = config
+        self.can_pack = can_pack and config.partition_source == "server"
         self._partition_of: dict[str, int] = {}  # node -> partition it serves
+        self._packed: dict[str, tuple[int, ...]] = {}  # node -> partitions, if packed
         self._nodes: list[ClientProxy] = []  # who can be sampled, in partition order
         self._num_partitions = 0
         self._drawn_from = 0  # clients the current round was drawn from
@@ -135,12 +164,67 @@ class ClientSampler:
         size = min(num_clients, population)
         chosen = np.sort(rng.choice(population, size=size, replace=False))
         if self.config.partition_source == "server":
-            return self._deal(chosen.tolist(), server_round)
+            partitions = chosen.tolist()
+            if salt == FIT_DRAW:
+                return self._deal(self._messages(partitions), server_round)
+            return self._deal([[p] for p in partitions], server_round)
         return [self._nodes[i] for i in chosen]
+
+    def _messages(self, partitions: list[int]) -> list[list[int]]:
+        """The round's partitions as messages: consecutive runs of them, as many
+        messages as ``clients-per-message`` asks for (see the module docstring)."""
+        per_message = self.config.clients_per_message
+        if not self.can_pack or per_message == 1 or len(partitions) < 2:
+            return [[p] for p in partitions]
+        if per_message == 0:
+            count = min(2 * parallel_workers(), len(self._nodes))
+        else:
+            count = math.ceil(len(partitions) / per_message)
+        count = max(1, min(count, len(partitions)))
+        return [list(map(int, run)) for run in np.array_split(partitions, count)]
 
     def partition_of(self, client: ClientProxy) -> int:
         """The partition ``client`` serves this round; -1 if none."""
+        if isinstance(client, PackedClient):
+            return client.partition
         return self._partition_of.get(client.cid, -1)
+
+    def partitions_of(self, client: ClientProxy) -> tuple[int, ...]:
+        """The partitions a message to ``client`` trains: several if packed."""
+        packed = self._packed.get(client.cid)
+        return packed if packed is not None else (self.partition_of(client),)
+
+    def unpacked(
+        self, results: list[tuple[ClientProxy, FitRes]]
+    ) -> list[tuple[ClientProxy, FitRes]]:
+        """One reply per client: each packed reply split into its clients' replies
+        (a ``PackedClient`` each), their arrays still serialized. A packed reply
+        that does not describe what was dealt is dropped, with a warning: its
+        clients count as failed."""
+        replies: list[tuple[ClientProxy, FitRes]] = []
+        for client, res in results:
+            dealt = self._packed.get(client.cid)
+            if dealt is None:
+                replies.append((client, res))
+                continue
+            tensors = res.parameters.tensors
+            try:
+                entries = packed_entries(res.metrics, len(tensors), dealt)
+            except PackingError as error:
+                log(WARNING, "node %s: dropped its packed reply: %s", client.cid, error)
+                continue
+            for entry in entries:
+                arrays = Parameters(
+                    tensors=tensors[entry.start : entry.stop],
+                    tensor_type=res.parameters.tensor_type,
+                )
+                replies.append(
+                    (
+                        PackedClient(client, entry.partition),
+                        FitRes(res.status, arrays, entry.num_examples, entry.metrics),
+                    )
+                )
+        return replies
 
     def assign(self, cid: str, partition: int) -> None:
         """Node ``cid`` serves ``partition`` (dealt, or as the node reported)."""
@@ -159,14 +243,23 @@ class ClientSampler:
         ]
 
     def _address(self, client: ClientProxy) -> dict[str, Scalar]:
-        """What names a client's partition in its instructions."""
+        """What names a client's partition(s) in its instructions."""
+        packed = self._packed.get(client.cid)
+        if packed is not None:
+            return {
+                keys.PARTITION_IDS: format_partitions(packed),
+                keys.NUM_PARTITIONS: self._num_partitions,
+            }
         return {
             keys.PARTITION_ID: self.partition_of(client),
             keys.NUM_PARTITIONS: self._num_partitions,
         }
 
-    def _deal(self, partitions: list[int], server_round: int) -> list[ClientProxy]:
-        """Partition p to node ``p mod N`` (by node id), or the next one free.
+    def _deal(
+        self, messages: Sequence[Sequence[int]], server_round: int
+    ) -> list[ClientProxy]:
+        """Message m (partitions p, ...) to node ``p mod N`` (by node id), or the
+        next one free.
 
         No message is needed: node ids are random, but the draw is over partitions,
         so the same seed gives the same history. With one partition per node
@@ -175,22 +268,26 @@ class ClientSampler:
         by partition, in ``fl_app.client_state``, not by node).
         """
         nodes = self._nodes
-        if len(partitions) > len(nodes):
+        if len(messages) > len(nodes):
             raise NotEnoughClientsError(
-                f"round {server_round}: {len(partitions)} clients sampled of "
-                f"num-partitions = {self._num_partitions}, but only {len(nodes)} "
-                "SuperNodes serve them; start at least as many SuperNodes "
-                "(num-supernodes) as clients sampled a round"
+                f"round {server_round}: {len(messages)} messages for the clients "
+                f"sampled of num-partitions = {self._num_partitions}, but only "
+                f"{len(nodes)} SuperNodes serve them; start at least as many "
+                "SuperNodes (num-supernodes) as messages a round, or let several "
+                "clients share a message (clients-per-message = 0)"
             )
         taken: set[int] = set()
         self._partition_of = {}
+        self._packed = {}
         dealt = []
-        for partition in partitions:
-            index = partition % len(nodes)
+        for partitions in messages:
+            index = partitions[0] % len(nodes)
             while index in taken:
                 index = (index + 1) % len(nodes)
             taken.add(index)
-            self.assign(nodes[index].cid, partition)
+            self.assign(nodes[index].cid, partitions[0])
+            if len(partitions) > 1:
+                self._packed[nodes[index].cid] = tuple(partitions)
             dealt.append(nodes[index])
         return dealt
 
@@ -228,6 +325,55 @@ class ClientSampler:
                 if partition is not None:
                     self.assign(cid, partition)
                     self._num_partitions = max(self._num_partitions, num_partitions)
+
+
+def parallel_workers() -> int:
+    """How many clients can train at once: the CPUs of the Ray cluster this process
+    drives (the simulation's ServerApp runs in Ray's driver), else of this host."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if cpus > 0:
+            return cpus
+    return os.cpu_count() or 1
+
+
+class PackedClient(ClientProxy):
+    """One client of a packed message, as the pipeline sees its reply: the node
+    that carried it, and the partition it trained. It sends nothing itself."""
+
+    def __init__(self, node: ClientProxy, partition: int) -> None:
+        super().__init__(f"{node.cid}/{partition}")
+        self.node = node
+        self.partition = partition
+
+    def _not_a_node(self) -> NotImplementedError:
+        return NotImplementedError(
+            f"{self.cid} is one client of a packed message, not a node"
+        )
+
+    def get_properties(
+        self, ins: GetPropertiesIns, timeout: float | None, group_id: int | None
+    ) -> GetPropertiesRes:
+        raise self._not_a_node()
+
+    def get_parameters(
+        self, ins: GetParametersIns, timeout: float | None, group_id: int | None
+    ) -> GetParametersRes:
+        raise self._not_a_node()
+
+    def fit(self, ins: FitIns, timeout: float | None, group_id: int | None) -> FitRes:
+        raise self._not_a_node()
+
+    def evaluate(
+        self, ins: EvaluateIns, timeout: float | None, group_id: int | None
+    ) -> EvaluateRes:
+        raise self._not_a_node()
+
+    def reconnect(
+        self, ins: ReconnectIns, timeout: float | None, group_id: int | None
+    ) -> Any:
+        raise self._not_a_node()
 
 
 class SeededDraw(ClientManager):

@@ -26,7 +26,7 @@ from flwr.compat.common.recorddict_compat import (
 )
 
 from fl_app.attacks import attacking_partitions
-from fl_app.results import SUMMARY_FILE, TIMING_FIELDS, read_history
+from fl_app.results import MACHINE_FIELDS, SUMMARY_FILE, read_history
 from strategies import STRATEGIES
 from tests.inprocess import (
     LocalGrid,
@@ -64,7 +64,7 @@ def run(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Runner:
 
 def history(run_dir: Path) -> list[dict[str, Any]]:
     return [
-        {k: v for k, v in row.items() if k not in TIMING_FIELDS}
+        {k: v for k, v in row.items() if k not in MACHINE_FIELDS}
         for row in read_history(run_dir)
     ]
 
@@ -81,16 +81,20 @@ def test_every_strategy_runs_and_learns(run: Runner, strategy: str) -> None:
         assert row["model_updated"] is True
     assert json.loads((run_dir / "config.json").read_text())["strategy"] == strategy
     trained = [
-        int(
-            recorddict_to_fitins(request.content, keep_input=False).config[
-                "partition-id"
-            ]
-        )
+        partition
         for request, _ in grid.exchanges
         if request.metadata.message_type == MessageType.TRAIN
+        for partition in dealt(recorddict_to_fitins(request.content, False).config)
     ]
     assert len(trained) == 2 * PER_ROUND
     assert [set(trained[:PER_ROUND]), set(trained[PER_ROUND:])] == seeded_samples(42, 2)
+
+
+def dealt(config: dict[str, Any]) -> list[int]:
+    """The partitions a train message names: one, or several when packed."""
+    if "partition-ids" in config:
+        return [int(p) for p in str(config["partition-ids"]).split(",")]
+    return [int(config["partition-id"])]
 
 
 def test_fedprox_client_part_is_switched_on_by_the_config(run: Runner) -> None:
@@ -228,3 +232,32 @@ def test_secagg_aggregate_matches_plain_fedavg(run: Runner) -> None:
     bound = step * 200.0 / 150  # n_k >= 150 here (2,000 examples over 10 clients)
     worst = max(float((plain[k] - masked[k]).abs().max()) for k in plain)
     assert 0 < worst <= bound, worst
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"strategy": "fedavg"},
+        # Client state by partition (c_i, the error-feedback residual) and extras.
+        {"strategy": "scaffold", "compression.scheme": "topk"},
+    ],
+    ids=["fedavg", "scaffold+topk-feedback"],
+)
+def test_packed_messages_give_the_unpacked_history(
+    run: Runner, overrides: dict[str, Any]
+) -> None:
+    """Several clients a message (fl_app.packing) is transport only: the history
+    equals one message a client's, bit for bit, with fewer messages sent."""
+    one_each, one_each_dir = run(**{"clients-per-message": 1, **overrides})
+    packed, packed_dir = run(**{"clients-per-message": 2, **overrides})
+    assert history(packed_dir) == history(one_each_dir)
+
+    def train_messages(grid: LocalGrid) -> list[list[int]]:
+        return [
+            dealt(recorddict_to_fitins(request.content, False).config)
+            for request, _ in grid.exchanges
+            if request.metadata.message_type == MessageType.TRAIN
+        ]
+
+    assert all(len(m) == 1 for m in train_messages(one_each))
+    assert [len(m) for m in train_messages(packed)] == [2, 2, 1] * 2

@@ -262,3 +262,22 @@ def test_only_the_server_deals_more_partitions_than_nodes(
         RunConfig.from_flower(
             {**app_config, "num-partitions": 1000, "partition-source": "node"}
         )
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"clients-per-message": -1}, "must be >= 0"),
+        (
+            {"clients-per-message": 4, "partition-source": "node"},
+            "only the server can deal",
+        ),
+        ({"clients-per-message": 4, "secagg.enabled": True}, "SecAgg"),
+    ],
+)
+def test_packing_is_refused_where_it_cannot_hold(
+    app_config: dict[str, Any], changes: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(ConfigError, match=reason) as info:
+        RunConfig.from_flower({**app_config, **changes})
+    assert info.value.key == "clients-per-message"

@@ -310,6 +310,24 @@ def test_iid_partitions_have_equal_sizes(train_labels: np.ndarray) -> None:
     assert max(sizes) - min(sizes) <= 1
 
 
+@pytest.mark.parametrize("num_partitions", [7, 100])
+def test_iid_partitions_are_flower_datasets_iid_partitioner(
+    train_labels: np.ndarray, num_partitions: int
+) -> None:
+    """The one-read IID split is IidPartitioner's, partition for partition."""
+    import datasets
+    from flwr_datasets.partitioner import IidPartitioner
+
+    table = datasets.Dataset.from_dict(
+        {"label": train_labels, "index": np.arange(len(train_labels))}
+    ).shuffle(seed=3)
+    reference = IidPartitioner(num_partitions=num_partitions)
+    reference.dataset = table
+    ours = partition_indices(train_labels, "iid", num_partitions, seed=3)
+    for i, part in enumerate(ours):
+        np.testing.assert_array_equal(part, reference.load_partition(i)["index"])
+
+
 @pytest.mark.parametrize("num_samples", [2000, 2013])
 def test_shards_follow_the_shard_partitioner_contract(num_samples: int) -> None:
     """2 shards of floor(N / 2K) consecutive label-sorted samples per partition; the

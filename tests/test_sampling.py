@@ -13,8 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.common import (
+    Code,
+    FitRes,
     Parameters,
+    Status,
     ndarrays_to_parameters,
+    parameters_to_ndarrays,
 )
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
@@ -22,6 +26,7 @@ from flwr.server.client_proxy import ClientProxy
 import strategies
 from fl_app.config import ConfigError, RunConfig
 from fl_app.model import get_weights
+from fl_app.packing import pack_replies
 from strategies.sampling import NotEnoughClientsError
 from tests.fakes import FakeNode
 
@@ -314,3 +319,43 @@ def test_stop_at_accuracy_ends_the_run_once_reached(
     assert result[1]["accuracy"] > 0.01  # an untrained 10-class model: about 0.1
     assert (strategy.stop_reason is not None) == stops
     assert bool(fit_partitions(strategy, manager, 2)) != stops
+
+
+def test_packed_messages_split_back_into_one_reply_per_client(
+    mnist_dir: Path, tmp_path: Path
+) -> None:
+    """clients-per-message = 4: 10 sampled clients travel in messages of 4, 3, 3
+    naming their partitions; each reply splits back into its clients' replies
+    (their own arrays, n_k and metrics), and a reply that answers for other
+    partitions than dealt is dropped whole."""
+    manager, _ = make_manager(NUM_NODES, shuffle_seed=5)
+    config = make_strategy(
+        mnist_dir, partition_source="server", fraction_fit=0.5
+    ).config.replace(clients_per_message=4)
+    strategy = strategies.FedAvg(config, run_dir=tmp_path)
+    chosen = strategy.configure_fit(1, parameters_of(strategy), manager)
+    packed = [strategy.sampler.partitions_of(proxy) for proxy, _ in chosen]
+    assert [len(p) for p in packed] == [4, 3, 3]
+    assert strategy.round_record.clients_sampled == 10
+    for (_, ins), partitions in zip(chosen, packed, strict=True):
+        assert ins.config["partition-ids"] == ",".join(map(str, partitions))
+        assert "partition-id" not in ins.config
+
+    def reply(partitions: tuple[int, ...]) -> FitRes:
+        arrays, total, metrics = pack_replies(
+            [(p, ([np.full(3, p, np.float32)], 10 + p, {"x": p})) for p in partitions]
+        )
+        return FitRes(
+            Status(Code.OK, ""), ndarrays_to_parameters(arrays), total, metrics
+        )
+
+    good, wrong = (proxy for proxy, _ in chosen[:2])
+    results = [(good, reply(packed[0])), (wrong, reply(packed[0]))]
+    replies = strategy.sampler.unpacked(results)
+    assert [strategy.sampler.partition_of(proxy) for proxy, _ in replies] == list(
+        packed[0]
+    )
+    for proxy, res in replies:
+        p = strategy.sampler.partition_of(proxy)
+        assert res.num_examples == 10 + p and res.metrics == {"x": p}
+        assert parameters_to_ndarrays(res.parameters)[0].tolist() == [p] * 3

@@ -29,7 +29,7 @@ from fl_app.launch.flower_cli import (
 )
 from fl_app.launch.processes import ManagedProcess
 from fl_app.privacy import gaussian_epsilon
-from fl_app.results import TIMING_FIELDS, read_history
+from fl_app.results import MACHINE_FIELDS, read_history
 from tests.inprocess import APP_DIR, quick_config, run_in_process
 
 pytestmark = pytest.mark.integration
@@ -71,7 +71,9 @@ def completed(status: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
 
 def comparable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """History rows without the fields that measure the machine, not the run."""
-    return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in history]
+    return [
+        {k: v for k, v in row.items() if k not in MACHINE_FIELDS} for row in history
+    ]
 
 
 def assert_same_history(got: list[dict], want: list[dict]) -> None:
