@@ -261,3 +261,30 @@ def test_packed_messages_give_the_unpacked_history(
 
     assert all(len(m) == 1 for m in train_messages(one_each))
     assert [len(m) for m in train_messages(packed)] == [2, 2, 1] * 2
+
+
+def test_the_benchmark_reference_loop_is_the_app_bit_for_bit(
+    run: Runner, mnist_dir: Path
+) -> None:
+    """scripts/benchmark.py times the app against a one-process loop and claims the
+    same SGD and the same average: the loop's model after each round is the app's
+    (packed messages, Flower's in-place FedAvg), to the last bit."""
+    from fl_app.checkpoint import CHECKPOINT_FILE, read_checkpoint
+    from fl_app.config import RunConfig
+    from fl_app.studies.reference_loop import run_reference
+
+    _, run_dir = run(strategy="fedavg")
+    config = RunConfig(
+        num_server_rounds=2,
+        fraction_fit=0.5,
+        learning_rate=0.05,
+        dataset="mnist",
+        data_dir=str(mnist_dir),
+    )
+    accuracies: list[float] = []
+    weights: list[Any] = []
+    run_reference(config, NUM_NODES, accuracies, weights)
+    assert accuracies == [row["test_accuracy"] for row in history(run_dir)[1:]]
+    _, state = read_checkpoint(run_dir / CHECKPOINT_FILE)
+    for ours, loop in zip(state["global_weights"], weights, strict=True):
+        assert ours.tobytes() == loop.tobytes()

@@ -82,6 +82,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="Ray CPUs per client: 1 = one actor per core, 2 = one actor here",
     )
     parser.add_argument(
+        "--clients-per-message",
+        type=int,
+        default=0,
+        help="the app's clients-per-message (0 = its default, packed; 1 = one "
+        "message a client, as before packing)",
+    )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="each app run starts with an empty cache (FL_APP_CACHE): no decoded "
+        "dataset, no partitions, as on a fresh machine",
+    )
+    parser.add_argument(
         "--deployed",
         action="store_true",
         help="also time 3 rounds on the local TLS federation (3 SuperNodes)",
@@ -137,6 +150,7 @@ def measure(plan: argparse.Namespace, out: Path) -> None:
                 nodes = min(clients, max(per_round, plan.max_supernodes))
             config = RunConfig(
                 num_server_rounds=plan.rounds,
+                clients_per_message=plan.clients_per_message,
                 fraction_fit=per_round / clients,
                 num_partitions=clients if nodes < clients else 0,
                 min_available_clients=nodes,
@@ -144,7 +158,7 @@ def measure(plan: argparse.Namespace, out: Path) -> None:
                 data_dir=plan.data_dir,
                 output_dir=str(out / f"runs-{clients}-{per_round}"),
             )
-            app = run_app(config, nodes, out, plan.cpus_per_client)
+            app = run_app(config, nodes, out, plan.cpus_per_client, cold=plan.cold)
             reference = run_reference(config, clients)
             row = {"clients": clients, "supernodes": nodes, "per_round": per_round}
             rows.append({**row, "app": app, "reference": reference})
@@ -198,17 +212,24 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_app(
-    config: RunConfig, num_supernodes: int, out: Path, cpus_per_client: int = 1
+    config: RunConfig,
+    num_supernodes: int,
+    out: Path,
+    cpus_per_client: int = 1,
+    *,
+    cold: bool = False,
 ) -> dict[str, Any]:
     """The app through ``flwr run`` on a SuperLink started beforehand (its start-up
     is not counted); "whole" ends with the last line the run streams."""
     keys = ("num-server-rounds", "fraction-fit", "min-available-clients", "dataset")
-    keys += ("data-dir", "seed", "output-dir", "num-partitions")
+    keys += ("data-dir", "seed", "output-dir", "num-partitions", "clients-per-message")
     run_config = {key: config.to_flower()[key] for key in keys}
     log_path = out / "logs" / f"run-{num_supernodes}-{time.time_ns()}.log"
     phases: dict[str, float] = {}
     memory = PssSampler(include_self=False)
-    with SimulationSuperLink(out / "logs") as superlink:
+    cache = tempfile.TemporaryDirectory(prefix="fl-bench-cache-") if cold else None
+    env = {"FL_APP_CACHE": cache.name} if cache is not None else {}
+    with SimulationSuperLink(out / "logs", env=env) as superlink:
         superlink.start()
         started = time.time()
         watch = partial(_watch, log_path, Path(config.output_dir), phases, started)
@@ -219,6 +240,8 @@ def run_app(
                 cpus_per_client=cpus_per_client,
                 log_path=log_path,
             )
+    if cache is not None:
+        cache.cleanup()
     if not outcome.completed or outcome.run_dir is None:
         raise RuntimeError(f"run {outcome.run_id}: {outcome.status} {outcome.details}")
     rows = read_history(outcome.run_dir)

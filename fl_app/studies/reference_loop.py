@@ -39,10 +39,14 @@ def steady(seconds: list[float]) -> float:
 
 
 def run_reference(
-    config: RunConfig, num_clients: int, accuracies: list[float] | None = None
+    config: RunConfig,
+    num_clients: int,
+    accuracies: list[float] | None = None,
+    final_weights: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """FedAvg in one process, one thread: the app's sampling, training, averaging.
-    ``accuracies`` (if given) receives the test accuracy after each round."""
+    ``accuracies`` (if given) receives the test accuracy after each round,
+    ``final_weights`` the last global model."""
     import torch
 
     torch.set_num_threads(1)
@@ -58,7 +62,7 @@ def run_reference(
         for server_round in range(1, config.num_server_rounds + 1):
             rng = np.random.default_rng([config.seed, server_round, 0])
             chosen = np.sort(rng.choice(num_clients, size=per_client, replace=False))
-            total, summed = 0, [np.zeros_like(w, dtype=np.float32) for w in weights]
+            trained: list[tuple[list[np.ndarray], int]] = []
             for pid in chosen.tolist():
                 data, _ = client_data(
                     config.dataset,
@@ -79,16 +83,21 @@ def run_reference(
                     lr=config.learning_rate,
                     generator=seeded_generator(config.seed, server_round, pid),
                 )
-                for s, new, old in zip(
-                    summed, get_weights(model), weights, strict=True
-                ):
-                    s += len(data) * (old + (new - old))
-                total += len(data)
-            weights = [(s / total).astype(np.float32) for s in summed]
+                new = get_weights(model)
+                # w_t + delta_k, as the server rebuilds it from the update it got.
+                trained.append(
+                    (
+                        [o + (n - o) for n, o in zip(new, weights, strict=True)],
+                        len(data),
+                    )
+                )
+            weights = fedavg_in_place(trained)
             set_weights(model, weights)
             accuracies.append(evaluate(model, test)[1])
             round_ends.append(time.monotonic())
         accuracy = evaluate(model, test)[1]
+    if final_weights is not None:
+        final_weights[:] = weights
     return {
         "steady_round_s": steady(np.diff(round_ends).tolist()),
         "to_round_1_s": round_ends[1] - started,
@@ -98,6 +107,20 @@ def run_reference(
         "bytes_up_per_round": 0,
         "final_accuracy": accuracy,
     }
+
+
+def fedavg_in_place(results: list[tuple[list[np.ndarray], int]]) -> list[np.ndarray]:
+    """Σ_k (n_k / n) w_k with the arithmetic of Flower's ``aggregate_inplace`` (what
+    the app's FedAvg runs): each float32 ``w_k`` scaled in place by its float64
+    factor, then summed in order in float32, so that the loop's model is the app's
+    bit for bit. The arrays in ``results`` are overwritten."""
+    total = sum(n for _, n in results)
+    factors = np.asarray([n / total for _, n in results])
+    summed = [np.multiply(w, factors[0], out=w) for w in results[0][0]]
+    for (arrays, _), factor in zip(results[1:], factors[1:], strict=True):
+        for s, w in zip(summed, arrays, strict=True):
+            np.add(s, np.multiply(w, factor, out=w), out=s)
+    return summed
 
 
 def reference_in_fresh_process(
