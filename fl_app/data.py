@@ -126,13 +126,36 @@ def load_raw(dataset: str, data_dir: str, split: str) -> tuple[np.ndarray, np.nd
     """Images (N, 28, 28) uint8 and labels (N,) for a split, decoded once per source.
 
     The decoded arrays are written to the cache as ``.npy`` (atomically) and read back
-    memory-mapped, which costs milliseconds instead of a gzip decode per process.
+    memory-mapped, which costs milliseconds instead of a gzip decode per process;
+    within a process they are read once per version of the source and cache files
+    (a Ray actor serves thousands of clients, each asking for them).
     """
     directory = Path(data_dir).expanduser() if data_dir else _download(dataset)
     key = _source_key(dataset, directory, split)
     images_npy = cache_dir() / "decoded" / f"{dataset}-{split}-{key}-images.npy"
+    return _decoded(dataset, directory, split, images_npy, _stamp(images_npy))
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime, size) of a cache file, or None: a rewritten file is read again."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+@lru_cache(maxsize=8)
+def _decoded(
+    dataset: str,
+    directory: Path,
+    split: str,
+    images_npy: Path,
+    stamp: tuple[int, int] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``load_raw`` for one version of the source files and of their cache."""
     labels_npy = images_npy.with_name(images_npy.name.replace("-images", "-labels"))
-    if images_npy.is_file() and labels_npy.is_file():
+    if stamp is not None and labels_npy.is_file():
         cached = _read_cache(images_npy, labels_npy)
         if cached is not None:
             return cached

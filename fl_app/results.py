@@ -118,9 +118,9 @@ def write_history(run_dir: Path, records: list[RoundRecord]) -> None:
     """Rewrite ``history.json`` and ``history.csv`` with every round so far."""
     rows = [r.to_row() for r in records]
     payload = [{k: _json_safe(v) for k, v in row.items()} for row in rows]
-    write_atomically(
-        run_dir / HISTORY_JSON, json.dumps(payload, indent=1).encode() + b"\n"
-    )
+    # Views of the checkpoint, which is written durably after them (files.py).
+    text = json.dumps(payload, indent=1).encode() + b"\n"
+    write_atomically(run_dir / HISTORY_JSON, text, durable=False)
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
@@ -128,7 +128,7 @@ def write_history(run_dir: Path, records: list[RoundRecord]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_atomically(run_dir / HISTORY_CSV, buffer.getvalue().encode())
+    write_atomically(run_dir / HISTORY_CSV, buffer.getvalue().encode(), durable=False)
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
@@ -140,7 +140,7 @@ def save_model(run_dir: Path, model: nn.Module) -> None:
     """The global model as a plain ``state_dict`` (``torch.load`` reads it)."""
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
-    write_atomically(run_dir / MODEL_FILE, buffer.getvalue())
+    write_atomically(run_dir / MODEL_FILE, buffer.getvalue(), durable=False)
 
 
 def plot_history(run_dir: Path, records: list[RoundRecord], title: str) -> None:
@@ -208,7 +208,7 @@ def plot_history(run_dir: Path, records: list[RoundRecord], title: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    write_atomically(run_dir / PLOT_FILE, buffer.getvalue())
+    write_atomically(run_dir / PLOT_FILE, buffer.getvalue(), durable=False)
 
 
 class Recorder:
@@ -351,6 +351,7 @@ class Recorder:
                 "epsilon": None if math.isnan(last.epsilon) else last.epsilon,
                 "stop_reason": stop_reason,
             },
+            durable=False,
         )
 
     def log_progress(self, record: RoundRecord) -> None:
