@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="Ray CPUs per virtual client (1 = one client per core)",
     )
+    parser.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="join this Ray cluster, which must already run (ray start --head ...: "
+        "docs/ray-cluster.md), instead of starting a local Ray",
+    )
     add_run_flags(parser)
     parser.add_argument(
         "--output-dir",
@@ -54,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with (
-            SimulationSuperLink(log_dir, env=env) as superlink,
+            SimulationSuperLink(log_dir, env=env, ray_address=args.ray_address) as link,
             RunProgress() as progress,
         ):
-            outcome = superlink.run(
+            outcome = link.run(
                 run_config,
                 num_supernodes=supernodes,
                 cpus_per_client=args.cpus_per_client,

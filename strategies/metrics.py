@@ -57,8 +57,8 @@ def count_replies(
 
 def clients_by_node(results: list[tuple[ClientProxy, FitRes]]) -> str:
     """``"<node>:<clients> ..."``: how many replies each Ray node trained (the
-    first 8 hex digits of its id, as ``ray status`` shows them), by node id; "" when
-    no reply names one (clients outside Ray)."""
+    first 8 hex digits of its id; ``ray status`` lists the whole id), by node id;
+    "" when no reply names one (clients outside Ray)."""
     counts = Counter(str(res.metrics.get(keys.RAY_NODE, ""))[:8] for _, res in results)
     counts.pop("", None)
     return " ".join(f"{node}:{counts[node]}" for node in sorted(counts))

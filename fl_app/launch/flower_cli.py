@@ -117,7 +117,11 @@ def start_superlink(
 
 
 def simulation_config(num_supernodes: int, cpus_per_client: int) -> dict[str, Any]:
-    """``--federation-config`` values for Flower's Ray-backed simulation."""
+    """``--federation-config`` values for Flower's Ray-backed simulation.
+
+    Never ``init-args-num-cpus``/``-num-gpus``: Ray refuses them when the simulation
+    joins a running cluster (``SimulationSuperLink(ray_address=...)``), whose nodes'
+    own ``--num-cpus`` decide; a local Ray counts this machine's cores itself."""
     return {
         "num-supernodes": num_supernodes,
         "client-resources-num-cpus": cpus_per_client,

@@ -6,6 +6,13 @@ run needs it, and stops it on exit, on an error, on Ctrl-C and on SIGTERM.
 ``run`` submits the app with ``flwr run``, streams its log, then asks Flower how the
 run really ended (``flwr run --stream`` exits 0 even for a failed run) and finds
 the folder the ServerApp wrote: a ``RunOutcome``, as ``Federation.run`` returns.
+
+Which Ray the simulation uses is said, never left to Ray: the simulation process
+(which the SuperLink starts and which inherits its environment) calls ``ray.init()``
+without an address, and Ray then joins the cluster the latest ``ray start`` on this
+machine recorded (``/tmp/ray/ray_current_cluster``), whoever started it. So the
+SuperLink gets ``RAY_ADDRESS=local`` (a Ray of its own, stopped with the run), or
+the address of the cluster to join (``ray_address``, ``docs/ray-cluster.md``).
 """
 
 from __future__ import annotations
@@ -43,12 +50,15 @@ class SimulationSuperLink(SuperLinkOwner):
         *,
         app_dir: Path = APP_DIR,
         env: Mapping[str, str] | None = None,
+        ray_address: str | None = None,
     ) -> None:
         """``env``: variables added to the SuperLink's environment, which the
-        simulation (ServerApp and Ray actors) inherits (``fl_app.kernels``)."""
+        simulation (ServerApp and Ray actors) inherits (``fl_app.kernels``).
+        ``ray_address``: ``HOST:PORT`` of a running Ray cluster (``ray start
+        --head``) for the simulation to join; None starts a local Ray per run."""
         super().__init__(app_dir)
         self.log_dir = Path(log_dir)
-        self.extra_env = dict(env or {})
+        self.extra_env = {**(env or {}), "RAY_ADDRESS": ray_address or "local"}
         self.home: FlowerHome | None = None
         self.superlink: ManagedProcess | None = None
         self._stack: ExitStack | None = None
