@@ -46,7 +46,7 @@ from tests.inprocess import run_in_process
 from tests.synthetic import write_mnist_like
 
 # One worker runs the whole module, in file order, beside the rest of the suite
-# (``pytest -n 2 --dist loadgroup``): its rounds mostly wait on Flower's polls.
+# (``pytest -n 3 --dist loadgroup``): its rounds mostly wait on Flower's polls.
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("deployment")]
 
 REPO = Path(__file__).resolve().parent.parent

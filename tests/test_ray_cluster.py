@@ -11,7 +11,7 @@ to a one-node ``flwr run``).
 
 The cluster's start-up (8-15 s on 2 cores) and the run (~20 s) are the cost, so one
 test checks it all, and the SuperLink and the in-process run start while the
-cluster does. It runs on the deployment module's worker (``pytest -n 2 --dist
+cluster does. It runs on the deployment module's worker (``pytest -n 3 --dist
 loadgroup``), whose rounds mostly wait on Flower's polls.
 """
 
