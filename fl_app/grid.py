@@ -6,7 +6,7 @@ deployment (``HttpGrid``), so a round lasts up to 3 s longer than its slowest cl
 and every 0.1 s in the simulation (``InMemoryGrid``), 1,000 pulls a second when 100
 clients wait. ``SharedPollerGrid`` keeps Flower's grid for everything else and answers
 ``send_and_receive`` from one poller thread that asks, in a single
-``pull_messages``, for every reply still awaited: every 0.02 s in the simulation
+``pull_messages``, for every reply still awaited: every 5 ms in the simulation
 (an in-process lookup) and every 0.2 s in a deployment (one request to the
 SuperLink), whatever the number of clients.
 """
@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.superlink.grid import InMemoryGrid
 
-IN_MEMORY_INTERVAL_S = 0.02
+IN_MEMORY_INTERVAL_S = 0.005
 DEPLOYED_INTERVAL_S = 0.2
 
 

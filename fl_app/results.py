@@ -222,7 +222,8 @@ class Recorder:
         self.run_dir = run_dir
         self.name = name
         self.history: list[RoundRecord] = []
-        self._started = self._round_started = self._plotted = time.monotonic()
+        self._started = self._plotted = time.monotonic()
+        self._round_starts: dict[int, float] = {}  # round -> when it started
         self._resumed_after = 0  # the last round of the process before, if resumed
         if run_dir is not None:
             write_json(run_dir / CONFIG_FILE, asdict(config))
@@ -242,14 +243,16 @@ class Recorder:
         """The last round recorded, -1 before the initial model's row."""
         return self.history[-1].round if self.history else -1
 
-    def start_round(self) -> None:
-        """A round starts now: its ``round_seconds`` are counted from here."""
-        self._round_started = time.monotonic()
+    def start_round(self, server_round: int) -> None:
+        """Round ``server_round`` starts now: its ``round_seconds`` count from here
+        (kept by round: the next round may start before this one's row is added)."""
+        self._round_starts[server_round] = time.monotonic()
 
     def add(self, record: RoundRecord) -> None:
         """Append a round's row, timed (round 0, the initial model, takes none)."""
         now = time.monotonic()
-        record.round_seconds = now - self._round_started if record.round else 0.0
+        started = self._round_starts.pop(record.round, now)
+        record.round_seconds = now - started if record.round else 0.0
         record.elapsed_seconds = now - self._started
         self.history.append(record)
 

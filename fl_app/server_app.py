@@ -94,6 +94,8 @@ def main(grid: Grid, context: Context) -> None:
     parts = components(config, context.run_id)
     grid = with_shared_poller(grid)  # replies collected as they arrive, not every 3 s
     if not config.secagg.enabled:
+        # Flower's loop: round t's evaluation and files may overlap round t+1.
+        parts.strategy.overlap_records = True  # type: ignore[union-attr]
         start_grid(grid=grid, strategy=parts.strategy, config=parts.config)
         return
     legacy = LegacyContext(

@@ -33,6 +33,7 @@ rounds from 1; every callback adds ``round_offset``, the rounds the checkpoint h
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from functools import partial
 from logging import INFO, WARNING
@@ -107,6 +108,10 @@ class BaseStrategy(FlowerFedAvg):
     dp_conflict: ClassVar[str | None] = None
     #: Why SecAgg+ cannot be used with this strategy (None: it averages).
     secagg_conflict: ClassVar[str | None] = None
+    #: Round t's evaluation and files may run while round t+1 does
+    #: (``overlaps_recording``); the ServerApp turns it on for Flower's loop, so a
+    #: strategy driven by hand (tests, notebooks) records each round when asked.
+    overlap_records = False
 
     def __init__(
         self, config: RunConfig, run_dir: Path | None = None, **flower_kwargs: Any
@@ -145,6 +150,9 @@ class BaseStrategy(FlowerFedAvg):
         self.round_offset = 0  # rounds done before this run: Flower counts from 1
         #: The current round's row, filled in by the pipeline's steps.
         self.round_record = new_record(0)
+        #: Round t's ``record_round`` while round t+1 runs (``overlaps_recording``).
+        self._recording: Future[tuple[float, dict[str, Scalar]]] | None = None
+        self._recording_thread = ThreadPoolExecutor(1, thread_name_prefix="record")
         self.recorder = Recorder(config, run_dir, type(self).__name__)
 
     @property
@@ -222,7 +230,7 @@ class BaseStrategy(FlowerFedAvg):
         """Flower's configure_fit, with the seeded draw and the round's record."""
         server_round += self.round_offset
         record = self.round_record = new_record(server_round)
-        self.recorder.start_round()
+        self.recorder.start_round(server_round)
         if self.stop_reason is not None:
             return []
         self.global_weights = parameters_to_ndarrays(parameters)
@@ -279,6 +287,7 @@ class BaseStrategy(FlowerFedAvg):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Order, validate, privatize, aggregate, record (see the module docstring)."""
         server_round += self.round_offset
+        self.wait_for_record()
         record = self.round_record
         log_failures(server_round, failures)
         results = self.sampler.unpacked(results)
@@ -382,8 +391,10 @@ class BaseStrategy(FlowerFedAvg):
     def evaluate(
         self, server_round: int, parameters: Parameters
     ) -> tuple[float, dict[str, Scalar]] | None:
-        """Evaluate the global model on the test set and write the round's row."""
+        """Evaluate the global model on the test set and write the round's row
+        (now, or while the next round runs: ``overlaps_recording``)."""
         server_round += self.round_offset
+        self.wait_for_record()  # a round without replies never waited
         if self.history and self.history[-1].round == server_round:
             # A resumed run: Flower evaluates its initial model, our last round.
             last = self.history[-1]
@@ -391,9 +402,46 @@ class BaseStrategy(FlowerFedAvg):
         if server_round > 0 and self.stop_reason is not None:
             return None
         self.global_weights = parameters_to_ndarrays(parameters)
-        set_weights(self.model, self.global_weights)
+        if self.overlaps_recording(server_round):
+            self._recording = self._recording_thread.submit(
+                self.record_round, server_round, self.round_record, self.global_weights
+            )
+            return None  # Flower's own History skips the round; ours has it
+        return self.record_round(server_round, self.round_record, self.global_weights)
+
+    def overlaps_recording(self, server_round: int) -> bool:
+        """Whether round t's evaluation and files (``record_round``) may run while
+        round t+1 is sent and trained, instead of before it: only once the
+        ServerApp allows it (``overlap_records``), where nothing in round t+1
+        depends on them (no stop-at-accuracy, no DP ledger, no clients' evaluation
+        to add to the row, not SecAgg+'s workflow), and never in the last round.
+        Round t+1's aggregation waits for them (``wait_for_record``), so row t and
+        its checkpoint are still on disk before row t+1 exists. In a small round
+        they are most of the server's time, and Flower hands out messages every
+        0.1 s: a round that ends within one tick starts again at the next."""
+        config = self.config
+        return (
+            self.overlap_records
+            and 0 < server_round < config.num_server_rounds
+            and config.stop_at_accuracy == 0
+            and config.fraction_evaluate == 0
+            and self.privacy is None
+            and not config.secagg.enabled
+        )
+
+    def wait_for_record(self) -> None:
+        """Block until the previous round's row is recorded (re-raising its error)."""
+        pending, self._recording = self._recording, None
+        if pending is not None:
+            pending.result()
+
+    def record_round(
+        self, server_round: int, record: RoundRecord, weights: NDArrays
+    ) -> tuple[float, dict[str, Scalar]]:
+        """Evaluate ``weights`` on the test set, fill in and write the round's row,
+        the model and the checkpoint, and log the progress line."""
+        set_weights(self.model, weights)
         loss, accuracy = evaluate(self.model, self.test_data)
-        record = self.round_record
         record.test_loss, record.test_accuracy = loss, accuracy
         if self.privacy is not None and server_round == 0:
             record.epsilon = 0.0

@@ -15,8 +15,9 @@ node serves which partition (``partition-source``):
 When the server deals, a round's clients may also be *packed*: several partitions
 dealt to one node in one message (``fl_app.packing``), since in simulation a message
 costs as much as a small client's training. ``clients-per-message`` says how many;
-0 (the default) spreads a round over twice as many messages as there are CPUs to
-run them (Ray's, in the simulation), never where SecAgg+ needs one message per
+0 (the default) spreads a round over as many messages as there are CPUs to run
+them (Ray's, in the simulation): one per actor, each paying Flower's and Ray's cost
+once, never where SecAgg+ needs one message per
 client. ``unpacked`` splits the replies back into one per client (a
 ``PackedClient`` each) before the strategy's pipeline sees them.
 
@@ -177,7 +178,7 @@ class ClientSampler:
         if not self.can_pack or per_message == 1 or len(partitions) < 2:
             return [[p] for p in partitions]
         if per_message == 0:
-            count = min(2 * parallel_workers(), len(self._nodes))
+            count = min(parallel_workers(), len(self._nodes))
         else:
             count = math.ceil(len(partitions) / per_message)
         count = max(1, min(count, len(partitions)))

@@ -10,8 +10,11 @@ make the global model non-finite or end the run. What passes becomes a
 
 from __future__ import annotations
 
+import io
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from logging import WARNING
 
 import numpy as np
@@ -100,7 +103,7 @@ def checked_arrays(
             "('validation.max-num-examples')",
         )
     try:
-        arrays = parameters_to_ndarrays(res.parameters)
+        arrays = [npy_array(tensor) for tensor in res.parameters.tensors]
     except Exception as error:  # any bytes can arrive; none may end the run
         raise Rejected("undecodable", f"{type(error).__name__}: {error}") from None
     if len(arrays) != len(layout.shapes):
@@ -130,6 +133,40 @@ def checked_arrays(
                 "('validation.max-update-norm')",
             )
     return arrays
+
+
+def npy_array(data: bytes) -> np.ndarray:
+    """One array as Flower serializes it (``np.save``'s ``.npy`` bytes), read as
+    ``np.load`` reads it, bit for bit, but with each distinct header parsed once:
+    every client sends the same few headers, and ``np.load`` parses each with
+    ``ast`` (a third of the decoding time of a round of 100 small clients)."""
+    if data[:6] != b"\x93NUMPY":
+        raise ValueError("not an .npy array")
+    if data[6] == 1:
+        start = 10 + int.from_bytes(data[8:10], "little")
+    else:
+        start = 12 + int.from_bytes(data[8:12], "little")
+    dtype, shape, fortran_order = _npy_header(bytes(data[:start]))
+    count = math.prod(shape)
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=start)
+    return array.reshape(shape, order="F" if fortran_order else "C").copy()
+
+
+@lru_cache(maxsize=64)
+def _npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
+    """(dtype, shape, Fortran order) of an ``.npy`` header; object arrays refused,
+    as ``np.load(allow_pickle=False)`` refuses them."""
+    stream = io.BytesIO(header)
+    version = np.lib.format.read_magic(stream)
+    read = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape, fortran_order, dtype = read(stream)
+    if dtype.hasobject:
+        raise ValueError("object arrays are refused")
+    return dtype, tuple(shape), fortran_order
 
 
 def decoded(res: FitRes, spec: CodecSpec, model: Layout) -> FitRes:

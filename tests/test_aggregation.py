@@ -317,3 +317,34 @@ def test_the_clients_weights_are_not_all_serialized_at_once(
     for got, want in zip(aggregated, parameters_to_ndarrays(expected), strict=True):
         np.testing.assert_array_equal(got, want)
     assert peak < 6 * model_bytes  # all 20 serialized at once: > 20 models
+
+
+def test_fedavg_is_flowers_in_place_average_to_the_bit() -> None:
+    """strategies.fedavg averages the arrays it holds instead of handing Flower's
+    rule serialized weights: the result must be Flower's aggregate_inplace's, bit for
+    bit, whatever the n_k (uneven here) and however many clients."""
+    from flwr.server.strategy.aggregate import aggregate_inplace
+
+    from strategies.fedavg import weighted_average
+
+    rng = np.random.default_rng(7)
+    shapes = [(784, 200), (200,), (200, 10), (10,)]
+    clients = [
+        ([rng.normal(size=s).astype(np.float32) for s in shapes], int(n))
+        for n in rng.integers(1, 600, size=37)
+    ]
+    flower = aggregate_inplace(
+        [
+            (
+                None,  # type: ignore[misc]
+                FitRes(Status(Code.OK, ""), ndarrays_to_parameters(w), n, {}),
+            )
+            for w, n in clients
+        ]
+    )
+    ours = weighted_average(
+        (([a.copy() for a in w], n) for w, n in clients), [n for _, n in clients]
+    )
+    for f, o in zip(flower, ours, strict=True):
+        assert f.dtype == o.dtype == np.float32
+        assert f.tobytes() == o.tobytes()

@@ -480,3 +480,31 @@ def test_norm_exactly_at_the_bound_is_accepted() -> None:
     assert len(check(_params(arrays), max_norm=5.0)) == 3
     with pytest.raises(Rejected, match="norm"):
         check(_params(arrays), max_norm=4.999)
+
+
+def test_npy_array_reads_what_flower_serializes_as_np_load_does() -> None:
+    """The server's decoder (headers parsed once) against Flower's own np.load,
+    bit for bit, C and Fortran order, and what np.load refuses it refuses."""
+    import io as _io
+
+    from flwr.compat.common.parameter import ndarray_to_bytes
+
+    from strategies.validation import npy_array
+
+    rng = np.random.default_rng(3)
+    for array in (
+        rng.normal(size=(784, 200)).astype(np.float32),
+        np.asfortranarray(rng.normal(size=(5, 3))),
+        np.arange(7, dtype=np.int64),
+        np.float32(2.5) * np.ones(()),
+    ):
+        data = ndarray_to_bytes(array)
+        ours = npy_array(data)
+        theirs = np.load(_io.BytesIO(data), allow_pickle=False)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        assert ours.tobytes() == theirs.tobytes() and ours.flags.writeable
+    buffer = _io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for bad in (buffer.getvalue(), b"not an array", ndarray_to_bytes(array)[:-4]):
+        with pytest.raises(ValueError):
+            npy_array(bad)

@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +247,11 @@ def run_app(
         raise RuntimeError(f"run {outcome.run_id}: {outcome.status} {outcome.details}")
     rows = read_history(outcome.run_dir)
     return {
-        "steady_round_s": steady([r["round_seconds"] for r in rows[1:]]),
+        # The round's period, from row to row: a round's own row may be written
+        # while the next one runs (strategies.base: overlaps_recording).
+        "steady_round_s": steady(
+            [b["elapsed_seconds"] - a["elapsed_seconds"] for a, b in pairwise(rows)]
+        ),
         "to_round_1_s": phases.pop(ROUND_1, math.nan),  # before "phases_s" below
         "whole_s": log_path.stat().st_mtime - started,
         "peak_pss_mib": memory.peak / 2**20,

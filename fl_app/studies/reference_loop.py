@@ -31,6 +31,7 @@ from fl_app.config import RunConfig
 from fl_app.data import client_data, load_split
 from fl_app.model import build_model, get_weights, set_weights
 from fl_app.training import evaluate, seeded_generator, train
+from strategies.fedavg import weighted_average
 
 
 def steady(seconds: list[float]) -> float:
@@ -91,7 +92,7 @@ def run_reference(
                         len(data),
                     )
                 )
-            weights = fedavg_in_place(trained)
+            weights = weighted_average(trained, [n for _, n in trained])
             set_weights(model, weights)
             accuracies.append(evaluate(model, test)[1])
             round_ends.append(time.monotonic())
@@ -107,20 +108,6 @@ def run_reference(
         "bytes_up_per_round": 0,
         "final_accuracy": accuracy,
     }
-
-
-def fedavg_in_place(results: list[tuple[list[np.ndarray], int]]) -> list[np.ndarray]:
-    """Σ_k (n_k / n) w_k with the arithmetic of Flower's ``aggregate_inplace`` (what
-    the app's FedAvg runs): each float32 ``w_k`` scaled in place by its float64
-    factor, then summed in order in float32, so that the loop's model is the app's
-    bit for bit. The arrays in ``results`` are overwritten."""
-    total = sum(n for _, n in results)
-    factors = np.asarray([n / total for _, n in results])
-    summed = [np.multiply(w, factors[0], out=w) for w in results[0][0]]
-    for (arrays, _), factor in zip(results[1:], factors[1:], strict=True):
-        for s, w in zip(summed, arrays, strict=True):
-            np.add(s, np.multiply(w, factor, out=w), out=s)
-    return summed
 
 
 def reference_in_fresh_process(
