@@ -44,8 +44,15 @@ def components(config: RunConfig, run_id: int) -> ServerAppComponents:
         pin_kernels()
     # Imported now, not with this module: torch reads its kernel settings when it
     # loads (fl_app.kernels), and the strategies and results import torch.
+    import torch
+
     from fl_app.results import new_run_dir
     from strategies import strategy_class
+
+    # One thread, as each client trains: the central evaluation then gives the same
+    # numbers on any number of cores, and, overlapping the next round
+    # (strategies.base: overlaps_recording), leaves the other cores to the clients.
+    torch.set_num_threads(1)
 
     kind = strategy_class(config)  # checked before any folder is made
     state = None
