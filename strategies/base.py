@@ -23,7 +23,9 @@ Each round runs one pipeline, the same for every strategy:
 6. **record**: the round's ``RoundRecord`` (``round_record``, filled in by the steps
    above) gets the central test accuracy and goes to disk through the
    ``fl_app.results.Recorder`` (``recorder``), with the model and the plot, and the
-   checkpoint is written, before the next round starts.
+   checkpoint is written: before the next round starts, or, where nothing in the
+   next rounds depends on them (``overlaps_recording``), while the next round runs,
+   at most one round behind the aggregation.
 
 Clients send updates ``w_k - w_t``, not weights: validation bounds, DP clipping,
 compression and SecAgg+ all act on the same object. Flower numbers a resumed run's
@@ -32,7 +34,9 @@ rounds from 1; every callback adds ``round_offset``, the rounds the checkpoint h
 
 from __future__ import annotations
 
+import copy
 import math
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from functools import partial
@@ -150,8 +154,8 @@ class BaseStrategy(FlowerFedAvg):
         self.round_offset = 0  # rounds done before this run: Flower counts from 1
         #: The current round's row, filled in by the pipeline's steps.
         self.round_record = new_record(0)
-        #: Round t's ``record_round`` while round t+1 runs (``overlaps_recording``).
-        self._recording: Future[tuple[float, dict[str, Scalar]]] | None = None
+        #: Rows still being recorded while later rounds run (``overlaps_recording``).
+        self._recording: deque[Future[Any]] = deque()
         self._recording_thread = ThreadPoolExecutor(1, thread_name_prefix="record")
         self.recorder = Recorder(config, run_dir, type(self).__name__)
 
@@ -287,7 +291,7 @@ class BaseStrategy(FlowerFedAvg):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Order, validate, privatize, aggregate, record (see the module docstring)."""
         server_round += self.round_offset
-        self.wait_for_record()
+        self.wait_for_record(behind=1)
         record = self.round_record
         log_failures(server_round, failures)
         results = self.sampler.unpacked(results)
@@ -394,7 +398,8 @@ class BaseStrategy(FlowerFedAvg):
         """Evaluate the global model on the test set and write the round's row
         (now, or while the next round runs: ``overlaps_recording``)."""
         server_round += self.round_offset
-        self.wait_for_record()  # a round without replies never waited
+        # Rows are written in order: one recorded now waits for all before it.
+        self.wait_for_record(behind=1 if self.overlaps_recording(server_round) else 0)
         if self.history and self.history[-1].round == server_round:
             # A resumed run: Flower evaluates its initial model, our last round.
             last = self.history[-1]
@@ -403,22 +408,33 @@ class BaseStrategy(FlowerFedAvg):
             return None
         self.global_weights = parameters_to_ndarrays(parameters)
         if self.overlaps_recording(server_round):
-            self._recording = self._recording_thread.submit(
-                self.record_round, server_round, self.round_record, self.global_weights
+            # What the checkpoint of this round holds, taken now: the next round's
+            # aggregation may change it (in place, for some rules) meanwhile.
+            state = copy.deepcopy(self.state_dict())
+            self._recording.append(
+                self._recording_thread.submit(
+                    self.record_round,
+                    server_round,
+                    self.round_record,
+                    self.global_weights,
+                    state,
+                )
             )
             return None  # Flower's own History skips the round; ours has it
         return self.record_round(server_round, self.round_record, self.global_weights)
 
     def overlaps_recording(self, server_round: int) -> bool:
         """Whether round t's evaluation and files (``record_round``) may run while
-        round t+1 is sent and trained, instead of before it: only once the
-        ServerApp allows it (``overlap_records``), where nothing in round t+1
-        depends on them (no stop-at-accuracy, no DP ledger, no clients' evaluation
-        to add to the row, not SecAgg+'s workflow), and never in the last round.
-        Round t+1's aggregation waits for them (``wait_for_record``), so row t and
-        its checkpoint are still on disk before row t+1 exists. In a small round
-        they are most of the server's time, and Flower hands out messages every
-        0.1 s: a round that ends within one tick starts again at the next."""
+        the next rounds are sent, trained and aggregated, instead of before them:
+        only once the ServerApp allows it (``overlap_records``), where nothing in
+        later rounds depends on them (no stop-at-accuracy, no DP ledger, no
+        clients' evaluation to add to the row, not SecAgg+'s workflow), and never
+        in the last round. They run in order in one thread, on the state the round
+        ended with (copied when it ends); round t+2's aggregation waits for row t
+        (``wait_for_record``), so a run that dies loses at most the rows of the
+        rounds it was running. In a small round they are most of the server's
+        time, and Flower hands out messages every 0.1 s: a round that waited for
+        its predecessor's evaluation missed a tick."""
         config = self.config
         return (
             self.overlap_records
@@ -429,17 +445,23 @@ class BaseStrategy(FlowerFedAvg):
             and not config.secagg.enabled
         )
 
-    def wait_for_record(self) -> None:
-        """Block until the previous round's row is recorded (re-raising its error)."""
-        pending, self._recording = self._recording, None
-        if pending is not None:
-            pending.result()
+    def wait_for_record(self, behind: int = 0) -> None:
+        """Block until at most ``behind`` rows are still being recorded (re-raising
+        a recording's error), oldest first."""
+        while len(self._recording) > behind:
+            self._recording.popleft().result()
 
     def record_round(
-        self, server_round: int, record: RoundRecord, weights: NDArrays
+        self,
+        server_round: int,
+        record: RoundRecord,
+        weights: NDArrays,
+        state: dict[str, Any] | None = None,
     ) -> tuple[float, dict[str, Scalar]]:
         """Evaluate ``weights`` on the test set, fill in and write the round's row,
-        the model and the checkpoint, and log the progress line."""
+        the model and the checkpoint (of ``state``, the strategy's when the round
+        ended, with this row added; default: ``state_dict()`` now), and log the
+        progress line."""
         set_weights(self.model, weights)
         loss, accuracy = evaluate(self.model, self.test_data)
         record.test_loss, record.test_accuracy = loss, accuracy
@@ -453,7 +475,7 @@ class BaseStrategy(FlowerFedAvg):
                 f"{accuracy:.4f} >= {target:g}"
             )
             log(INFO, "stopping: %s", self.stop_reason)
-        self._save(with_model=True)
+        self._save(with_model=True, state=state)
         self.recorder.log_progress(record)
         return loss, {keys.ACCURACY: accuracy}
 
@@ -475,11 +497,17 @@ class BaseStrategy(FlowerFedAvg):
         return loss, metrics
 
     # ------------------------------------------------------------- output
-    def _save(self, with_model: bool) -> None:
+    def _save(self, with_model: bool, state: dict[str, Any] | None = None) -> None:
         """The round's outputs, then the checkpoint (after every round, so a run
-        that dies resumes from its last complete round)."""
+        that dies resumes from its last complete round): of ``state`` with the
+        history as recorded so far, else of ``state_dict()``."""
         if self.run_dir is None:
             return
         model = self.model if with_model else None
         self.recorder.save(model, self.stop_reason)
-        save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.state_dict(), self.config)
+        if state is None:
+            state = self.state_dict()
+        else:
+            history = [asdict(record) for record in self.history]
+            state = {**state, "round": self.recorder.last_round, "history": history}
+        save_checkpoint(self.run_dir / CHECKPOINT_FILE, state, self.config)

@@ -289,3 +289,73 @@ def test_the_benchmark_reference_loop_is_the_app_bit_for_bit(
     _, state = read_checkpoint(run_dir / CHECKPOINT_FILE)
     for ours, loop in zip(state["global_weights"], weights, strict=True):
         assert ours.tobytes() == loop.tobytes()
+
+
+@pytest.mark.parametrize("strategy", ["fedadam", "scaffold"])
+def test_rows_recorded_behind_the_rounds_checkpoint_what_each_round_ended_with(
+    strategy: str,
+    mnist_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Round t's evaluation, files and checkpoint may be written while rounds t+1
+    and t+2 run (strategies.base: overlaps_recording): each round's checkpoint must
+    still hold that round's model, server state and history, as when every row is
+    written before the next round starts. FedAdam and SCAFFOLD keep server state
+    that the next aggregation changes."""
+    import time
+
+    import numpy as np
+
+    import strategies.base as base
+    from fl_app.checkpoint import save_checkpoint
+
+    def checkpoints(overlap: bool) -> list[dict[str, Any]]:
+        saved: list[dict[str, Any]] = []
+
+        def keep(path: Path, state: dict[str, Any], config: Any) -> None:
+            saved.append(
+                {
+                    key: value
+                    for key, value in json.loads(
+                        json.dumps(state, default=lambda a: np.asarray(a).tolist())
+                    ).items()
+                    if key != "history"
+                }
+                | {
+                    "history": [
+                        {k: v for k, v in row.items() if k not in MACHINE_FIELDS}
+                        for row in state["history"]
+                    ]
+                }
+            )
+            save_checkpoint(path, state, config)
+
+        overlapped: list[int] = []
+
+        def overlaps(self: base.BaseStrategy, server_round: int) -> bool:
+            allowed = overlap and original(self, server_round)
+            if allowed:
+                overlapped.append(server_round)
+            return allowed
+
+        def slow_evaluate(*args: Any) -> tuple[float, float]:
+            time.sleep(0.2)  # so that the rows fall behind the rounds
+            return evaluate(*args)
+
+        original = base.BaseStrategy.overlaps_recording
+        evaluate = base.evaluate
+        with monkeypatch.context() as patch:
+            patch.setattr(base, "evaluate", slow_evaluate)
+            patch.setattr(base, "save_checkpoint", keep)
+            patch.setattr(base.BaseStrategy, "overlaps_recording", overlaps)
+            output_dir = tmp_path / f"overlap-{overlap}"
+            run_in_process(
+                quick_config(mnist_dir, output_dir, 3, strategy=strategy), NUM_NODES
+            )
+        assert bool(overlapped) == overlap
+        return saved
+
+    sequential, overlapped = checkpoints(False), checkpoints(True)
+    assert [c["round"] for c in overlapped] == [0, 1, 2, 3]
+    assert overlapped == sequential

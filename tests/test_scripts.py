@@ -242,3 +242,38 @@ def assert_all_gone(processes: list[psutil.Process], timeout: float = 20) -> Non
             break
         time.sleep(0.5)
     assert not alive, "still running:\n" + "\n".join(alive)
+
+
+def test_the_memory_sampler_walks_page_tables_only_on_a_new_high(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The benchmark's PSS sampler reads the cheap RSS every time and the costly PSS
+    only when the RSS reached a new high or ``FULL_EVERY_S`` passed; the peak it
+    reports is a real PSS."""
+    from fl_app.studies.reference_loop import PssSampler
+
+    walks: list[int] = []
+    full_info = psutil.Process.memory_full_info
+
+    def counted(self: psutil.Process) -> object:
+        walks.append(self.pid)
+        return full_info(self)
+
+    monkeypatch.setattr(psutil.Process, "memory_full_info", counted)
+    # This process alone (a test worker may have children of other tests').
+    monkeypatch.setattr(psutil.Process, "children", lambda self, recursive: [])
+    sampler = PssSampler(include_self=True)
+    sampler.FULL_EVERY_S = 3600.0
+    sampler.sample()
+    assert len(walks) == 1 and sampler.peak > 0
+    pss = sampler.peak
+    sampler.sample()  # the same RSS: no walk
+    assert len(walks) == 1
+    grown = bytearray(256 * 2**20)  # well over 1% of this process: a new high
+    grown[::4096] = b"x" * len(grown[::4096])
+    sampler.sample()
+    assert len(walks) == 2 and sampler.peak > pss
+    sampler.FULL_EVERY_S = 0.0
+    sampler.sample()  # time's up: a walk even without a new high
+    assert len(walks) == 3
+    del grown

@@ -288,7 +288,11 @@ def _watch(
     for phase, marker in PHASES.items():
         if phase not in found and marker in text:
             found[phase] = now
-    histories = output_dir.glob(f"*/{HISTORY_JSON}")
+    histories = [
+        path
+        for path in output_dir.glob(f"*/{HISTORY_JSON}")
+        if path.stat().st_mtime >= started  # not an earlier run's, in a reused --out
+    ]
     if ROUND_1 not in found and any(_rows(path) >= 2 for path in histories):
         found[ROUND_1] = now
 
