@@ -60,7 +60,7 @@ def test_the_superlink_is_told_which_ray(
 
 
 @pytest.mark.integration
-@pytest.mark.xdist_group("deployment")
+@pytest.mark.xdist_group("ray-cluster")  # beside the deployment suite's worker
 def test_clients_train_on_both_nodes_and_the_model_is_a_single_process_one(
     mnist_dir: Path, tmp_path: Path
 ) -> None:
