@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fl_app.compression import SCHEMES, CodecSpec
+from fl_app.heterogeneity.devices import DeviceSpec
 
 MODELS = ("mlp", "2nn")
 ATTACKS = (
@@ -316,6 +317,51 @@ class TrackingConfig:
             )
 
 
+@dataclass(frozen=True)
+class HeterogeneityConfig:
+    """Simulated devices and a virtual clock (``fl_app.heterogeneity``): each
+    partition gets a device (compute speed, links) drawn from the run's seed, each
+    reply the virtual seconds its device would take (download + E·n_k·compute +
+    upload of the bytes really sent), each round the time the server stops waiting
+    (the history's ``virtual_time_s``). Off by default: today's rounds, unchanged."""
+
+    enabled: bool = False
+    seconds_per_example: float = 0.005  # median compute time per training example
+    compute_sigma: float = 0.8  # log-normal spread of compute speed
+    down_mbps: float = 20.0  # median download bandwidth
+    up_mbps: float = 5.0  # median upload bandwidth
+    link_sigma: float = 1.0  # log-normal spread of both links
+    round_deadline: float = 0.0  # virtual s; later replies are dropped; 0 = none
+    over_commit: float = 1.0  # sample ceil(f·K) clients, keep the first K to finish
+
+    def spec(self) -> DeviceSpec:
+        return DeviceSpec(
+            median_seconds_per_example=self.seconds_per_example,
+            compute_sigma=self.compute_sigma,
+            median_down_bps=self.down_mbps * 1e6,
+            down_sigma=self.link_sigma,
+            median_up_bps=self.up_mbps * 1e6,
+            up_sigma=self.link_sigma,
+        )
+
+    def validate(self, key: KeyName) -> None:
+        for name in ("seconds-per-example", "down-mbps", "up-mbps"):
+            _positive(key(name), getattr(self, name.replace("-", "_")))
+        for name in ("compute-sigma", "link-sigma", "round-deadline"):
+            _non_negative(key(name), getattr(self, name.replace("-", "_")))
+        if self.over_commit < 1:
+            raise ConfigError(
+                key("over-commit"), "must be >= 1 (1 = no over-commitment)"
+            )
+        if not self.enabled and (self.round_deadline > 0 or self.over_commit > 1):
+            name = "round-deadline" if self.round_deadline > 0 else "over-commit"
+            raise ConfigError(
+                key(name),
+                "needs the simulated devices that say who finishes when: set "
+                f"{key('enabled')} = true",
+            )
+
+
 # Table name in pyproject.toml -> its dataclass; the RunConfig field is the name with
 # "-" as "_".
 GROUPS: dict[str, type] = {
@@ -333,6 +379,7 @@ GROUPS: dict[str, type] = {
     "secagg": SecAggConfig,
     "tracking": TrackingConfig,
     "audit": AuditConfig,
+    "heterogeneity": HeterogeneityConfig,
 }
 
 
@@ -382,6 +429,7 @@ class RunConfig:
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    heterogeneity: HeterogeneityConfig = field(default_factory=HeterogeneityConfig)
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
@@ -558,6 +606,8 @@ class RunConfig:
                     )
             section.validate(lambda name, group=group: f"{group}.{name}")
         dp, secagg = self.dp, self.secagg
+        if self.heterogeneity.enabled:
+            _check_heterogeneity(self)
         if (
             dp.local
             and secagg.enabled
@@ -571,6 +621,27 @@ class RunConfig:
                 "least 4 stds or the clipping would change the noise the accountant "
                 "assumes",
             )
+
+
+def _check_heterogeneity(config: RunConfig) -> None:
+    """What the simulated devices cannot be combined with, and why."""
+    if config.partition_source != "server":
+        raise ConfigError(
+            "heterogeneity.enabled",
+            "simulates devices in the simulation; with partition-source = "
+            f"{config.partition_source!r} the nodes are real devices with real times",
+        )
+    if config.secagg.enabled:
+        raise ConfigError(
+            "heterogeneity.enabled",
+            "cannot drop late clients under SecAgg+: the server only sees their sum",
+        )
+    if config.dp.central or config.dp.local:
+        raise ConfigError(
+            "heterogeneity.enabled",
+            "the DP accountant's sampling rate assumes every sampled client is "
+            "aggregated; a deadline or over-commitment drops some",
+        )
 
 
 def _parse(kind: type, raws: Mapping[str, Any], prefix: str) -> dict[str, Any]:

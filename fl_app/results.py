@@ -72,6 +72,11 @@ class RoundRecord:
     # Where the replies were trained: "<Ray node id, 8 hex>:<clients> ..." by node id
     # (simulation; "" where clients run outside Ray, as deployed SuperNodes do).
     clients_by_node: str = ""
+    # With simulated devices (heterogeneity.*): replies dropped as too late (past
+    # the round's deadline, or beyond the first K under over-commitment), and the
+    # virtual seconds from the run's start to this round's end (NaN without them).
+    clients_late: int = 0
+    virtual_time_s: float = math.nan
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_row(self) -> dict[str, Any]:

@@ -71,6 +71,7 @@ from fl_app.model import build_model, get_weights, set_weights
 from fl_app.privacy import check_central_dp, dp_ledger
 from fl_app.results import Recorder, RoundRecord
 from fl_app.training import evaluate
+from strategies.clock import SystemClock
 from strategies.metrics import (
     attackers_among,
     clients_by_node,
@@ -154,6 +155,10 @@ class BaseStrategy(FlowerFedAvg):
         self.round_offset = 0  # rounds done before this run: Flower counts from 1
         #: The current round's row, filled in by the pipeline's steps.
         self.round_record = new_record(0)
+        #: Simulated devices' virtual clock (heterogeneity.*), None when off.
+        self.clock = SystemClock(config) if config.heterogeneity.enabled else None
+        if self.clock is not None:
+            self.round_record.virtual_time_s = 0.0
         #: Rows still being recorded while later rounds run (``overlaps_recording``).
         self._recording: deque[Future[Any]] = deque()
         self._recording_thread = ThreadPoolExecutor(1, thread_name_prefix="record")
@@ -187,6 +192,7 @@ class BaseStrategy(FlowerFedAvg):
             "stop_reason": self.stop_reason,
             "privacy": None if self.privacy is None else self.privacy.state_dict(),
             "num_partitions": self.sampler.num_partitions,
+            "virtual_time": None if self.clock is None else self.clock.elapsed,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -200,6 +206,8 @@ class BaseStrategy(FlowerFedAvg):
         if self.privacy is not None:
             self.privacy.load_state_dict(state["privacy"])
         self.sampler.resume(int(state.get("num_partitions", 0)))
+        if self.clock is not None:
+            self.clock.elapsed = float(state.get("virtual_time") or 0.0)
 
     # ------------------------------------------------------------- what clients see
     def fit_config(self, server_round: int) -> dict[str, Scalar]:
@@ -297,6 +305,14 @@ class BaseStrategy(FlowerFedAvg):
         results = self.sampler.unpacked(results)
         record.clients_by_node = clients_by_node(results)
         ordered = sorted(results, key=lambda pair: self.sampler.partition_of(pair[0]))
+        if self.clock is not None:
+            ordered = self.clock.keep_on_time(
+                [(self.sampler.partition_of(pair[0]), pair) for pair in ordered],
+                num_partitions=self.sampler.num_partitions,
+                bytes_down=record.bytes_sent // max(record.clients_sampled, 1),
+                keep=self.sampler.keep,
+                record=record,
+            )
         if self.config.secagg.enabled:
             dtypes = self.expected_layout().dtypes
             ordered = only_the_aggregate(ordered, dtypes, record)

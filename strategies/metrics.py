@@ -51,7 +51,7 @@ def count_replies(
         if record.clients_sampled
         else len(failures)
     )
-    record.clients_rejected = len(results) - num_valid
+    record.clients_rejected = len(results) - record.clients_late - num_valid
     record.bytes_received = sum(parameters_nbytes(r.parameters) for _, r in results)
 
 

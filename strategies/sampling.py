@@ -90,6 +90,7 @@ class ClientSampler:
         self._nodes: list[ClientProxy] = []  # who can be sampled, in partition order
         self._num_partitions = 0
         self._drawn_from = 0  # clients the current round was drawn from
+        self.keep = 0  # K, the clients the current round needs (before over-commit)
         self._resumed_partitions = 0  # K of the run this one resumes; 0: a new run
 
     @property
@@ -168,6 +169,11 @@ class ClientSampler:
             self._drawn_from = population
         rng = np.random.default_rng([self.config.seed, server_round, salt])
         size = min(num_clients, population)
+        if salt == FIT_DRAW:
+            # Over-commitment: ceil(f·K) trained, the first K kept (strategies.clock).
+            self.keep = size
+            over = self.config.heterogeneity.over_commit
+            size = min(math.ceil(over * size), population) if over > 1 else size
         chosen = np.sort(rng.choice(population, size=size, replace=False))
         if self.config.partition_source == "server":
             partitions = chosen.tolist()
