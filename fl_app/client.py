@@ -13,13 +13,14 @@ import in every fresh process.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, RecordDict
 from flwr.client import NumPyClient
-from flwr.common import NDArrays, Scalar
+from flwr.common import NDArrays, Scalar, ndarray_to_bytes
 from torch import nn
 
 from fl_app import keys
@@ -28,6 +29,7 @@ from fl_app.client_parts import ClientPart, client_part
 from fl_app.compression import CodecSpec, encode
 from fl_app.config import AttackConfig, DpConfig, RunConfig
 from fl_app.data import Split, client_data
+from fl_app.heterogeneity import DeviceProfile, DeviceSpec, draw_profiles, work_fraction
 from fl_app.model import build_model, get_weights, set_weights
 from fl_app.privacy import NOISE_SALT, clip, local_privatize
 from fl_app.training import evaluate, local_steps, seeded_generator, train
@@ -59,7 +61,11 @@ class PartitionClient(NumPyClient):
         attack: AttackConfig | None = None,
         codec: CodecSpec | None = None,
         local_dp: DpConfig | None = None,
+        device: DeviceProfile | None = None,
+        deadline: float = 0.0,
     ) -> None:
+        """``device`` and ``deadline``: a simulated device that sends what it can
+        finish by the round's deadline (``heterogeneity.partial-work``)."""
         self.model = model
         self.train_data = flip_labels(train_data) if _flips(attack) else train_data
         self.val_data = val_data
@@ -69,6 +75,8 @@ class PartitionClient(NumPyClient):
         self.attack = attack
         self.codec = codec
         self.local_dp = local_dp
+        self.device = device
+        self.deadline = deadline
 
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         """Tell the server which partition this node holds (node ids are random)."""
@@ -85,17 +93,20 @@ class PartitionClient(NumPyClient):
         received, extras_down = parameters[:num_arrays], parameters[num_arrays:]
         set_weights(self.model, received)
         part = client_part(config, received, extras_down, self.state)
-        loss = self.train_locally(config, part)
-        update = [
-            new - old
-            for new, old in zip(get_weights(self.model), received, strict=True)
-        ]
         steps = local_steps(
             len(self.train_data),
             int(config[keys.LOCAL_EPOCHS]),
             int(config[keys.BATCH_SIZE]),
         )
-        extras_up = part.extras_up(update, steps, float(config[keys.LEARNING_RATE]))
+        budget = self.step_budget(parameters, config, steps)
+        loss = self.train_locally(config, part, max_steps=budget)
+        update = [
+            new - old
+            for new, old in zip(get_weights(self.model), received, strict=True)
+        ]
+        done = steps if budget is None else budget
+        lr = float(config[keys.LEARNING_RATE])
+        extras_up = part.extras_up(update, max(done, 1), lr)
         if self.attack is not None:
             rng = np.random.default_rng(
                 [
@@ -122,7 +133,31 @@ class PartitionClient(NumPyClient):
             keys.REPORTED_PARTITION: self.partition_id,
             **part.metrics(),
         }
+        if budget is not None:
+            metrics[keys.WORK_DONE] = done / steps
         return update + extras_up, num_examples, metrics
+
+    def step_budget(
+        self, received: NDArrays, config: dict[str, Scalar], steps: int
+    ) -> int | None:
+        """The local steps a simulated device can take and still deliver its update
+        by the round's deadline (``work_fraction``; its upload the size of what it
+        received), or None for all ``steps``. Rounded down, strictly, so that the
+        server's clock, pricing the same steps, sees it on time."""
+        if self.device is None or steps == 0:
+            return None
+        nbytes = sum(len(ndarray_to_bytes(array)) for array in received)
+        share = work_fraction(
+            self.device,
+            deadline=self.deadline,
+            bytes_down=nbytes,
+            bytes_up=nbytes,
+            num_examples=len(self.train_data),
+            epochs=int(config[keys.LOCAL_EPOCHS]),
+        )
+        if share >= 1:
+            return None
+        return max(0, math.ceil(share * steps) - 1)
 
     def privatize(self, update: NDArrays, config: dict[str, Scalar]) -> NDArrays:
         """Local DP: the update clipped and noised before it is coded and sent.
@@ -161,9 +196,13 @@ class PartitionClient(NumPyClient):
         return payload
 
     def train_locally(
-        self, config: dict[str, Scalar], part: ClientPart | None = None
+        self,
+        config: dict[str, Scalar],
+        part: ClientPart | None = None,
+        max_steps: int | None = None,
     ) -> float:
-        """E epochs of SGD, batch B; batches seeded by run, round and client."""
+        """E epochs of SGD, batch B (the first ``max_steps`` steps of them); batches
+        seeded by run, round and client."""
         generator = seeded_generator(
             int(config[keys.SEED]), int(config[keys.SERVER_ROUND]), self.partition_id
         )
@@ -175,6 +214,7 @@ class PartitionClient(NumPyClient):
             lr=float(config[keys.LEARNING_RATE]),
             generator=generator,
             objective=part,
+            max_steps=max_steps,
         )
 
     def evaluate(
@@ -199,6 +239,7 @@ def build_client(
     config: RunConfig, partition_id: int, num_partitions: int, state: RecordDict
 ) -> PartitionClient:
     """The client of one partition (its data split by the run's seed)."""
+    heterogeneity = config.heterogeneity
     train_data, val_data = client_data(
         config.dataset,
         config.data_dir,
@@ -225,7 +266,20 @@ def build_client(
         attack=config.attack if partition_id in attackers else None,
         codec=config.compression.spec() if config.compression.enabled else None,
         local_dp=config.dp if config.dp.local else None,
+        device=(
+            _devices(heterogeneity.spec(), num_partitions, config.seed)[partition_id]
+            if heterogeneity.partial_work
+            else None
+        ),
+        deadline=heterogeneity.round_deadline,
     )
+
+
+@lru_cache(maxsize=2)
+def _devices(spec: DeviceSpec, num_partitions: int, seed: int) -> list[DeviceProfile]:
+    """The simulated devices, drawn once a process (the server's clock draws the
+    same ones: ``strategies.clock``)."""
+    return draw_profiles(spec, num_partitions, seed)
 
 
 __all__ = ["PartitionClient", "build_client"]

@@ -333,6 +333,11 @@ class HeterogeneityConfig:
     link_sigma: float = 1.0  # log-normal spread of both links
     round_deadline: float = 0.0  # virtual s; later replies are dropped; 0 = none
     over_commit: float = 1.0  # sample ceil(f·K) clients, keep the first K to finish
+    # FedProx's partial work: a client that cannot finish by the deadline trains
+    # what it can and sends that, instead of being dropped.
+    partial_work: bool = False
+    online_fraction: float = 1.0  # of a virtual day each device is online; 1 = always
+    day_seconds: float = 86_400.0  # the virtual day of the online windows
 
     def spec(self) -> DeviceSpec:
         return DeviceSpec(
@@ -342,10 +347,12 @@ class HeterogeneityConfig:
             down_sigma=self.link_sigma,
             median_up_bps=self.up_mbps * 1e6,
             up_sigma=self.link_sigma,
+            online_fraction=self.online_fraction,
+            day_s=self.day_seconds,
         )
 
     def validate(self, key: KeyName) -> None:
-        for name in ("seconds-per-example", "down-mbps", "up-mbps"):
+        for name in ("seconds-per-example", "down-mbps", "up-mbps", "day-seconds"):
             _positive(key(name), getattr(self, name.replace("-", "_")))
         for name in ("compute-sigma", "link-sigma", "round-deadline"):
             _non_negative(key(name), getattr(self, name.replace("-", "_")))
@@ -353,13 +360,77 @@ class HeterogeneityConfig:
             raise ConfigError(
                 key("over-commit"), "must be >= 1 (1 = no over-commitment)"
             )
-        if not self.enabled and (self.round_deadline > 0 or self.over_commit > 1):
-            name = "round-deadline" if self.round_deadline > 0 else "over-commit"
+        if not 0 < self.online_fraction <= 1:
             raise ConfigError(
-                key(name),
-                "needs the simulated devices that say who finishes when: set "
-                f"{key('enabled')} = true",
+                key("online-fraction"),
+                f"must be in (0, 1] (1 = always online), got {self.online_fraction}",
             )
+        needs_devices = {
+            "round-deadline": self.round_deadline > 0,
+            "over-commit": self.over_commit > 1,
+            "partial-work": self.partial_work,
+            "online-fraction": self.online_fraction < 1,
+        }
+        for name, used in needs_devices.items():
+            if used and not self.enabled:
+                raise ConfigError(
+                    key(name),
+                    "needs the simulated devices that say who finishes when: set "
+                    f"{key('enabled')} = true",
+                )
+        if self.partial_work and self.round_deadline == 0:
+            raise ConfigError(
+                key("partial-work"),
+                "is the work a client can finish by the deadline: set "
+                f"{key('round-deadline')} > 0",
+            )
+
+
+SELECTION_POLICIES = ("uniform", "power-of-choice", "oort")
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Which clients a round trains (``strategies.selection``). ``uniform``: the
+    seeded draw, unchanged. ``power-of-choice`` (Cho et al., AISTATS 2022): d
+    candidates drawn in proportion to their reported n_k, the m of highest
+    last-reported training loss kept. ``oort`` (Lai et al., OSDI 2021): reported
+    loss times observed speed, and a share of never-tried clients. A policy uses
+    only what the server has seen: reported losses and sizes, observed times."""
+
+    policy: str = "uniform"
+    candidates: int = 0  # power-of-choice's d; 0 = twice the clients a round
+    explore: float = 0.2  # oort's share of a round for clients not tried yet
+    alpha: float = 2.0  # oort's penalty exponent for clients slower than wanted
+
+    def validate(self, key: KeyName) -> None:
+        _one_of(key("policy"), self.policy, SELECTION_POLICIES)
+        if self.candidates < 0:
+            raise ConfigError(
+                key("candidates"), f"must be >= 0 (0 = 2m), got {self.candidates}"
+            )
+        if not 0 <= self.explore <= 1:
+            raise ConfigError(key("explore"), f"must be in [0, 1], got {self.explore}")
+        _non_negative(key("alpha"), self.alpha)
+
+
+@dataclass(frozen=True)
+class FedBuffConfig:
+    """FedBuff (Nguyen et al., AISTATS 2022): ``concurrency`` clients train at all
+    times; every ``buffer-size`` replies the server applies their mean update, each
+    weighted by (1 + staleness)^-``staleness-exponent``, times ``server-lr``. A
+    server round (``num-server-rounds``) is one such update."""
+
+    buffer_size: int = 10
+    concurrency: int = 20
+    staleness_exponent: float = 0.5
+    server_lr: float = 1.0
+
+    def validate(self, key: KeyName) -> None:
+        _positive_int(key("buffer-size"), self.buffer_size)
+        _positive_int(key("concurrency"), self.concurrency)
+        _non_negative(key("staleness-exponent"), self.staleness_exponent)
+        _positive(key("server-lr"), self.server_lr)
 
 
 # Table name in pyproject.toml -> its dataclass; the RunConfig field is the name with
@@ -380,6 +451,8 @@ GROUPS: dict[str, type] = {
     "tracking": TrackingConfig,
     "audit": AuditConfig,
     "heterogeneity": HeterogeneityConfig,
+    "selection": SelectionConfig,
+    "fedbuff": FedBuffConfig,
 }
 
 
@@ -430,6 +503,8 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     heterogeneity: HeterogeneityConfig = field(default_factory=HeterogeneityConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    fedbuff: FedBuffConfig = field(default_factory=FedBuffConfig)
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
@@ -608,6 +683,8 @@ class RunConfig:
         dp, secagg = self.dp, self.secagg
         if self.heterogeneity.enabled:
             _check_heterogeneity(self)
+        if self.selection.policy != "uniform":
+            _check_selection(self)
         if (
             dp.local
             and secagg.enabled
@@ -641,6 +718,28 @@ def _check_heterogeneity(config: RunConfig) -> None:
             "heterogeneity.enabled",
             "the DP accountant's sampling rate assumes every sampled client is "
             "aggregated; a deadline or over-commitment drops some",
+        )
+
+
+def _check_selection(config: RunConfig) -> None:
+    """What a selection policy other than uniform cannot be combined with."""
+    if config.partition_source != "server":
+        raise ConfigError(
+            "selection.policy",
+            "chooses among partitions the server deals; with partition-source = "
+            "'node' use 'uniform'",
+        )
+    if config.dp.central or config.dp.local:
+        raise ConfigError(
+            "selection.policy",
+            "the DP accountant assumes uniform sampling (its privacy amplification); "
+            "a policy that prefers some clients voids it: use 'uniform' with dp.*",
+        )
+    if config.selection.policy == "oort" and not config.heterogeneity.enabled:
+        raise ConfigError(
+            "selection.policy",
+            "'oort' weighs clients by their observed round times, which the "
+            "simulated devices give: set heterogeneity.enabled = true",
         )
 
 

@@ -42,6 +42,9 @@ RAY_NODE = "ray_node"
 #: Fit metric of a packed reply: one JSON entry per client, in the order dealt
 #: (``{"partition", "num_examples", "num_arrays", "metrics"}``).
 PACKED = "packed"
+#: Fit metric: the share of its local steps a client took (below 1: FedProx's partial
+#: work, a simulated device that could not finish by the round's deadline).
+WORK_DONE = "work_done"
 ACCURACY = "accuracy"  # evaluate metric
 NUM_EXAMPLES = "num-examples"  # get_properties
 

@@ -7,10 +7,11 @@ folder's ``resume.toml`` is that run config, ready for ``flwr run --run-config``
 Loading this module imports no torch, so ``reproducible = true`` can still pin the
 kernels of this process (``fl_app.kernels``).
 
-Two loops run the same strategy: Flower's legacy server loop (``start_grid``, which
-honours ``round-timeout``) and, with ``secagg.enabled``, Flower's ``DefaultWorkflow``
+Three loops run the strategies: Flower's legacy server loop (``start_grid``, which
+honours ``round-timeout``); with ``secagg.enabled``, Flower's ``DefaultWorkflow``
 whose fit step is ``SecAggPlusWorkflow``: clients mask their updates, and what
-reaches the strategy's ``aggregate_fit`` is only their sum.
+reaches the strategy's ``aggregate_fit`` is only their sum; and for FedBuff, which
+has no synchronous rounds, its own asynchronous loop (``strategies.async_rounds``).
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     config = RunConfig.from_flower(context.run_config)
     parts = components(config, context.run_id)
+    if parts.strategy.asynchronous:  # type: ignore[union-attr] (FedBuff: its own loop)
+        from strategies.async_rounds import run_buffered
+
+        run_buffered(parts.strategy, grid, context.run_id)  # type: ignore[arg-type]
+        return
     grid = with_shared_poller(grid)  # replies collected as they arrive, not every 3 s
     if not config.secagg.enabled:
         # Flower's loop: round t's evaluation and files may overlap round t+1.

@@ -50,19 +50,21 @@ def train(
     lr: float,
     generator: torch.Generator,
     objective: LocalObjective | None = None,
+    max_steps: int | None = None,
 ) -> float:
     """Run ``epochs`` of minibatch SGD (McMahan's ClientUpdate); return mean loss.
 
     ``batch_size`` 0 means the whole local dataset per step (the paper's B = inf).
-    The reported loss is the data's cross-entropy, without ``objective``'s term, so
-    that losses compare across algorithms.
+    ``max_steps`` stops it early (FedProx's partial work: the first steps of the
+    same batches). The reported loss is the data's cross-entropy, without
+    ``objective``'s term, so that losses compare across algorithms.
     """
-    if len(data) == 0:
+    if len(data) == 0 or max_steps == 0:
         return float("nan")
     batch = len(data) if batch_size <= 0 else batch_size
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
-    total, count = 0.0, 0
+    total, count, steps = 0.0, 0, 0
     for _ in range(epochs):
         order = torch.randperm(len(data), generator=generator)
         for start in range(0, len(data), batch):
@@ -77,6 +79,9 @@ def train(
             sgd_step(params, lr)
             total += loss.item() * len(index)
             count += len(index)
+            steps += 1
+            if steps == max_steps:
+                return total / count
     return total / count
 
 

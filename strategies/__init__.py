@@ -18,6 +18,7 @@ from strategies.fedadagrad import FedAdagrad
 from strategies.fedadam import FedAdam
 from strategies.fedavg import FedAvg
 from strategies.fedavgm import FedAvgM
+from strategies.fedbuff import FedBuff
 from strategies.fedprox import FedProx
 from strategies.fedyogi import FedYogi
 from strategies.krum import Krum
@@ -39,6 +40,7 @@ STRATEGIES: dict[str, type[BaseStrategy]] = {
     "median": Median,
     "trimmed-mean": TrimmedMean,
     "centered-clipping": CenteredClipping,
+    "fedbuff": FedBuff,
 }
 
 
@@ -65,6 +67,7 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedBuff",
     "FedProx",
     "FedYogi",
     "Krum",

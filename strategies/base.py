@@ -113,6 +113,9 @@ class BaseStrategy(FlowerFedAvg):
     dp_conflict: ClassVar[str | None] = None
     #: Why SecAgg+ cannot be used with this strategy (None: it averages).
     secagg_conflict: ClassVar[str | None] = None
+    #: Runs its own asynchronous loop (``strategies.async_rounds``), not Flower's
+    #: synchronous rounds.
+    asynchronous: ClassVar[bool] = False
     #: Round t's evaluation and files may run while round t+1 does
     #: (``overlaps_recording``); the ServerApp turns it on for Flower's loop, so a
     #: strategy driven by hand (tests, notebooks) records each round when asked.
@@ -159,6 +162,9 @@ class BaseStrategy(FlowerFedAvg):
         self.clock = SystemClock(config) if config.heterogeneity.enabled else None
         if self.clock is not None:
             self.round_record.virtual_time_s = 0.0
+            if config.heterogeneity.online_fraction < 1:
+                clock, sampler = self.clock, self.sampler
+                sampler.online = lambda: clock.online(sampler.num_partitions)
         #: Rows still being recorded while later rounds run (``overlaps_recording``).
         self._recording: deque[Future[Any]] = deque()
         self._recording_thread = ThreadPoolExecutor(1, thread_name_prefix="record")
@@ -186,13 +192,20 @@ class BaseStrategy(FlowerFedAvg):
         the history, why it stopped, the privacy ledger, K (no RNG state: draws are
         seeded by (seed, round)). Subclasses add theirs and call ``super()``."""
         return {
-            "round": self.recorder.last_round,
+            **self._recorded(),
             "global_weights": [w.copy() for w in self.global_weights],
-            "history": [asdict(record) for record in self.history],
             "stop_reason": self.stop_reason,
             "privacy": None if self.privacy is None else self.privacy.state_dict(),
             "num_partitions": self.sampler.num_partitions,
             "virtual_time": None if self.clock is None else self.clock.elapsed,
+            "selection": self.sampler.selection.state_dict(),
+        }
+
+    def _recorded(self) -> dict[str, Any]:
+        """The state's part that the recorder holds: the last round and the rows."""
+        return {
+            "round": self.recorder.last_round,
+            "history": [asdict(record) for record in self.history],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -208,6 +221,7 @@ class BaseStrategy(FlowerFedAvg):
         self.sampler.resume(int(state.get("num_partitions", 0)))
         if self.clock is not None:
             self.clock.elapsed = float(state.get("virtual_time") or 0.0)
+        self.sampler.selection.load_state_dict(state.get("selection"))
 
     # ------------------------------------------------------------- what clients see
     def fit_config(self, server_round: int) -> dict[str, Scalar]:
@@ -305,14 +319,19 @@ class BaseStrategy(FlowerFedAvg):
         results = self.sampler.unpacked(results)
         record.clients_by_node = clients_by_node(results)
         ordered = sorted(results, key=lambda pair: self.sampler.partition_of(pair[0]))
+        replies = [(self.sampler.partition_of(pair[0]), pair) for pair in ordered]
         if self.clock is not None:
             ordered = self.clock.keep_on_time(
-                [(self.sampler.partition_of(pair[0]), pair) for pair in ordered],
+                replies,
                 num_partitions=self.sampler.num_partitions,
                 bytes_down=record.bytes_sent // max(record.clients_sampled, 1),
                 keep=self.sampler.keep,
                 record=record,
             )
+        self.sampler.selection.observe(
+            [(p, res.num_examples, res.metrics) for p, (_, res) in replies],
+            {} if self.clock is None else self.clock.last_seconds,
+        )
         if self.config.secagg.enabled:
             dtypes = self.expected_layout().dtypes
             ordered = only_the_aggregate(ordered, dtypes, record)
@@ -425,8 +444,11 @@ class BaseStrategy(FlowerFedAvg):
         self.global_weights = parameters_to_ndarrays(parameters)
         if self.overlaps_recording(server_round):
             # What the checkpoint of this round holds, taken now: the next round's
-            # aggregation may change it (in place, for some rules) meanwhile.
-            state = copy.deepcopy(self.state_dict())
+            # aggregation may change it (in place, for some rules) meanwhile. The
+            # rows are the recorder's, added to it when this one is written.
+            state = self.state_dict()
+            del state["round"], state["history"]
+            state = copy.deepcopy(state)
             self._recording.append(
                 self._recording_thread.submit(
                     self.record_round,
@@ -521,9 +543,5 @@ class BaseStrategy(FlowerFedAvg):
             return
         model = self.model if with_model else None
         self.recorder.save(model, self.stop_reason)
-        if state is None:
-            state = self.state_dict()
-        else:
-            history = [asdict(record) for record in self.history]
-            state = {**state, "round": self.recorder.last_round, "history": history}
+        state = self.state_dict() if state is None else {**state, **self._recorded()}
         save_checkpoint(self.run_dir / CHECKPOINT_FILE, state, self.config)

@@ -3,8 +3,9 @@
 With ``heterogeneity.enabled`` every partition has a device (``fl_app.heterogeneity``,
 drawn from the run's seed, so the same seed gives the same devices). The clients
 still train at simulation speed; the clock prices each reply in virtual seconds
-(download of the weights it was sent, E·n_k of compute, upload of the bytes it sent
-back, so a compressed reply is cheaper), then keeps what a server with a deadline
+(download of the weights it was sent, E·n_k of compute, or the share of it the
+client reports with FedProx's partial work, upload of the bytes it sent back, so a
+compressed reply is cheaper), then keeps what a server with a deadline
 and over-commitment would have kept (``round_timing``): the first K to finish by the
 deadline. The round ends when the server stops waiting; the history's
 ``virtual_time_s`` adds these ends up.
@@ -15,11 +16,10 @@ them (FedScale's simulator works the same way).
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from flwr.common import FitRes
 from flwr.server.client_proxy import ClientProxy
 
+from fl_app import keys
 from fl_app.config import RunConfig
 from fl_app.heterogeneity import DeviceProfile, client_seconds, draw_profiles
 from fl_app.heterogeneity.clock import round_timing
@@ -35,23 +35,40 @@ class SystemClock:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.elapsed = 0.0  # virtual seconds of the rounds so far (state_dict)
+        self._devices: list[DeviceProfile] = []
+        #: The last round's replies' virtual seconds, by partition (what a server
+        #: observes of its clients' speed: ``strategies.selection``).
+        self.last_seconds: dict[int, float] = {}
 
-    @lru_cache(maxsize=1)  # noqa: B019 (one clock a strategy, one K a run)
     def devices(self, num_partitions: int) -> list[DeviceProfile]:
-        """Partition p's device is ``devices(K)[p]``, the same for a seed."""
-        spec = self.config.heterogeneity.spec()
-        return draw_profiles(spec, num_partitions, self.config.seed)
+        """Partition p's device is ``devices(K)[p]``, the same for a seed; drawn
+        once a run (K does not change within one)."""
+        if len(self._devices) != num_partitions:
+            spec = self.config.heterogeneity.spec()
+            self._devices = draw_profiles(spec, num_partitions, self.config.seed)
+        return self._devices
 
     def seconds(self, device: DeviceProfile, reply: FitRes, bytes_down: int) -> float:
         """Virtual seconds from the round's start until this reply reaches the
         server."""
+        work = reply.metrics.get(keys.WORK_DONE, 1.0)
         return client_seconds(
             device,
             bytes_down=bytes_down,
             bytes_up=parameters_nbytes(reply.parameters),
             num_examples=reply.num_examples,
             epochs=self.config.local_epochs,
+            work=float(work) if isinstance(work, (int, float)) else 1.0,
         )
+
+    def online(self, num_partitions: int) -> list[int]:
+        """The partitions whose devices are online now, at the start of the next
+        round (``heterogeneity.online-fraction``)."""
+        return [
+            partition
+            for partition, device in enumerate(self.devices(num_partitions))
+            if device.is_online(self.elapsed)
+        ]
 
     def keep_on_time(
         self,
@@ -67,7 +84,7 @@ class SystemClock:
         the clients a round needs before over-commitment). Counts them and advances
         the clock to the round's end."""
         devices = self.devices(num_partitions)
-        seconds = {
+        seconds = self.last_seconds = {
             partition: self.seconds(devices[partition], reply, bytes_down)
             for partition, (_, reply) in replies
         }

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import cached_property
@@ -60,6 +60,7 @@ from flwr.server.criterion import Criterion
 from fl_app import keys
 from fl_app.config import RunConfig
 from fl_app.packing import PackingError, format_partitions, packed_entries
+from strategies.selection import Selection
 
 _Ins = TypeVar("_Ins", FitIns, EvaluateIns)
 
@@ -91,6 +92,10 @@ class ClientSampler:
         self._num_partitions = 0
         self._drawn_from = 0  # clients the current round was drawn from
         self.keep = 0  # K, the clients the current round needs (before over-commit)
+        #: The fit draw's policy (selection.policy) and what it has observed.
+        self.selection = Selection(config)
+        #: The partitions online now, when devices have online windows; None: all.
+        self.online: Callable[[], Sequence[int]] | None = None
         self._resumed_partitions = 0  # K of the run this one resumes; 0: a new run
 
     @property
@@ -98,6 +103,11 @@ class ClientSampler:
         """K as the clients are told it: ``num-partitions`` (or one per node) when
         the server deals, else the largest the nodes reported."""
         return self._num_partitions
+
+    @property
+    def nodes(self) -> list[ClientProxy]:
+        """The nodes that can be sampled, in partition order (after ``population``)."""
+        return self._nodes
 
     @property
     def drawn_from(self) -> int:
@@ -164,19 +174,24 @@ class ClientSampler:
         self, population: int, server_round: int, num_clients: int, salt: int
     ) -> list[ClientProxy]:
         """Choose clients reproducibly: a draw from ``(seed, round)`` over the
-        population, in partition order, then the nodes that will serve them."""
+        population (the fit draw by ``selection.policy``, among the clients online),
+        in partition order, then the nodes that will serve them."""
         if salt == FIT_DRAW:
             self._drawn_from = population
         rng = np.random.default_rng([self.config.seed, server_round, salt])
         size = min(num_clients, population)
         if salt == FIT_DRAW:
+            # Only clients online now (heterogeneity.online-fraction) can be asked.
+            candidates = range(population) if self.online is None else self.online()
+            size = self.keep = min(size, len(candidates))
             # Over-commitment: ceil(f·K) trained, the first K kept (strategies.clock).
-            self.keep = size
             over = self.config.heterogeneity.over_commit
-            size = min(math.ceil(over * size), population) if over > 1 else size
-        chosen = np.sort(rng.choice(population, size=size, replace=False))
+            size = min(math.ceil(over * size), len(candidates)) if over > 1 else size
+            chosen = self.selection.choose(rng, candidates, size)
+        else:
+            chosen = np.sort(rng.choice(population, size=size, replace=False)).tolist()
         if self.config.partition_source == "server":
-            partitions = chosen.tolist()
+            partitions = chosen
             if salt == FIT_DRAW:
                 return self._deal(self._messages(partitions), server_round)
             return self._deal([[p] for p in partitions], server_round)

@@ -25,7 +25,7 @@ from tests.test_compressed_updates import FIT_CONFIG, client
 from tests.test_validation import fit_res, honest_deltas, make_strategy, start_round
 
 NEEDS_EACH_UPDATE = ["krum", "multi-krum", "median", "trimmed-mean", "scaffold"]
-NEEDS_EACH_UPDATE += ["centered-clipping"]
+NEEDS_EACH_UPDATE += ["centered-clipping", "fedbuff"]  # fedbuff: no synchronous cohort
 
 
 def secagg_config(**changes: Any) -> dict[str, Any]:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from flwr.common import ndarrays_to_parameters
 
+from fl_app.audit.analysis import trained_by
 from fl_app.config import ConfigError, RunConfig
-from fl_app.data import client_indices
 from fl_app.heterogeneity import client_seconds, draw_profiles
 from fl_app.model import build_model, get_weights
 from fl_app.results import read_history
@@ -42,16 +42,7 @@ def expected_rounds(
         sampled = sorted(rng.choice(NUM_NODES, size=size, replace=False).tolist())
         seconds = []
         for partition in sampled:
-            train, _ = client_indices(
-                config.dataset,
-                config.data_dir,
-                config.partitioner,
-                partition,
-                NUM_NODES,
-                alpha=config.dirichlet_alpha,
-                val_fraction=config.val_fraction,
-                seed=config.seed,
-            )
+            train = trained_by(config, partition, NUM_NODES)
             seconds.append(
                 client_seconds(
                     devices[partition],

@@ -17,11 +17,13 @@ from fl_app.heterogeneity.clock import (
     client_seconds,
     compute_seconds,
     round_timing,
+    work_fraction,
 )
 from fl_app.heterogeneity.devices import DeviceProfile, DeviceSpec, draw_profiles
 from fl_app.heterogeneity.fedbuff import (
     Arrival,
     AsyncScheduler,
+    Start,
     buffered_update,
     staleness_weight,
     uniform_chooser,
@@ -34,6 +36,7 @@ __all__ = [
     "DeviceProfile",
     "DeviceSpec",
     "RoundTiming",
+    "Start",
     "buffered_update",
     "client_seconds",
     "compute_seconds",
@@ -44,4 +47,5 @@ __all__ = [
     "round_timing",
     "staleness_weight",
     "uniform_chooser",
+    "work_fraction",
 ]

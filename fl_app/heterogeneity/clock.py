@@ -37,24 +37,57 @@ def client_seconds(
     bytes_up: int,
     num_examples: int,
     epochs: int,
+    work: float = 1.0,
 ) -> float:
     """Seconds from round start until the client's update reaches the server:
 
         bytes_down * 8 / down_bps                          (download the model)
-      + epochs * num_examples * seconds_per_example        (train locally)
+      + work * epochs * num_examples * seconds_per_example (train locally)
       + bytes_up * 8 / up_bps                              (upload the update)
 
-    The three run one after another; latency, retries and server-side time are not
-    modelled. ``compute_seconds`` is the middle term, which ``round_timing`` needs
-    for partial work.
+    ``work`` is the share of its local steps the client took (below 1 for FedProx's
+    partial work, ``work_fraction``). The three run one after another; latency,
+    retries and server-side time are not modelled. ``compute_seconds`` is the
+    middle term at full work, which ``round_timing`` needs for partial work.
     """
     _non_negative("bytes_down", bytes_down)
     _non_negative("bytes_up", bytes_up)
+    if not 0 <= work <= 1:
+        raise ValueError(f"work must be in [0, 1], got {work!r}")
     return (
         bytes_down * 8 / profile.down_bps
-        + compute_seconds(profile, num_examples=num_examples, epochs=epochs)
+        + work * compute_seconds(profile, num_examples=num_examples, epochs=epochs)
         + bytes_up * 8 / profile.up_bps
     )
+
+
+def work_fraction(
+    profile: DeviceProfile,
+    *,
+    deadline: float,
+    bytes_down: int,
+    bytes_up: int,
+    num_examples: int,
+    epochs: int,
+) -> float:
+    """The share of its local computation a device can do and still deliver its
+    update by ``deadline`` (FedProx's partial work, as ``round_timing`` prices it):
+
+        clamp((deadline - download - upload) / compute, 0, 1)
+
+    1 when it finishes in time, 0 when its transfers alone miss the deadline (or
+    it has nothing to compute). A device knows its own speed and the size of what
+    it received; the upload is that of the update it will send.
+    """
+    if not deadline >= 0:
+        raise ValueError(f"deadline must be >= 0, got {deadline!r}")
+    transfer = client_seconds(
+        profile, bytes_down=bytes_down, bytes_up=bytes_up, num_examples=0, epochs=0
+    )
+    compute = compute_seconds(profile, num_examples=num_examples, epochs=epochs)
+    if compute == 0:
+        return 1.0 if transfer <= deadline else 0.0
+    return min(1.0, max(0.0, (deadline - transfer) / compute))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,6 +96,15 @@ class Arrival:
     applied: bool
 
 
+@dataclass(frozen=True)
+class Start:
+    """The server sends ``client`` the model of ``version`` at ``time``."""
+
+    client: int
+    time: float
+    version: int
+
+
 Chooser = Callable[[np.random.Generator, Sequence[int]], int]
 
 
@@ -133,6 +142,14 @@ class AsyncScheduler:
         """The arrivals up to and including the one that makes the server apply its
         ``until_updates``-th update. Starts afresh on every call, so ``run(a)`` is a
         prefix of ``run(b)`` for a <= b."""
+        return [e for e in self.events(until_updates) if isinstance(e, Arrival)]
+
+    def events(self, until_updates: int) -> Iterator[Start | Arrival]:
+        """``run``'s arrivals with, before them, each client's ``Start``, in the
+        order the server meets them: the first ``concurrency`` starts, then after
+        each arrival (and the update it may complete) the start that replaces it.
+        A server that dispatches at each ``Start`` and waits for the reply at its
+        ``Arrival`` runs this schedule with real training."""
         if not 1 <= self.concurrency <= self.num_clients:
             raise ValueError(
                 f"concurrency must be in [1, num_clients={self.num_clients}], "
@@ -147,7 +164,7 @@ class AsyncScheduler:
         # (finish time, client, start time, start version): ties pop by client id
         training: list[tuple[float, int, float, int]] = []
 
-        def start(now: float, version: int) -> None:
+        def start(now: float, version: int) -> Start:
             client = self.chooser(rng, tuple(idle))
             if client not in idle:
                 raise ValueError(f"chooser returned {client!r}, not an idle client")
@@ -159,29 +176,26 @@ class AsyncScheduler:
                 )
             idle.remove(client)
             heapq.heappush(training, (now + seconds, client, now, version))
+            return Start(client=client, time=now, version=version)
 
         for _ in range(self.concurrency):
-            start(0.0, 0)
-        arrivals: list[Arrival] = []
+            yield start(0.0, 0)
         version, buffered = 0, 0
         while version < until_updates:
             time, client, started, start_version = heapq.heappop(training)
             buffered += 1
             applied = buffered == self.buffer_size
-            arrivals.append(
-                Arrival(
-                    client=client,
-                    start_time=started,
-                    time=time,
-                    start_version=start_version,
-                    version=version,
-                    staleness=version - start_version,
-                    applied=applied,
-                )
+            yield Arrival(
+                client=client,
+                start_time=started,
+                time=time,
+                start_version=start_version,
+                version=version,
+                staleness=version - start_version,
+                applied=applied,
             )
             if applied:
                 version, buffered = version + 1, 0
             bisect.insort(idle, client)
             if version < until_updates:
-                start(time, version)
-        return arrivals
+                yield start(time, version)
