@@ -138,9 +138,7 @@ def test_the_loop_follows_the_virtual_schedule_and_repeats_itself(
     assert history[-1]["test_accuracy"] > history[0]["test_accuracy"] + 0.1
 
     again, _ = run(mnist_dir, tmp_path / "b", rounds)
-    strip = [
-        {k: v for k, v in row.items() if k not in MACHINE_FIELDS} for row in again
-    ]
+    strip = [{k: v for k, v in row.items() if k not in MACHINE_FIELDS} for row in again]
     first = [
         {k: v for k, v in row.items() if k not in MACHINE_FIELDS} for row in history
     ]

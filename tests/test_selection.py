@@ -171,8 +171,10 @@ def test_partial_work_sends_what_finishes_by_the_deadline(
     )
     devices = draw_profiles(probe.heterogeneity.spec(), NUM_NODES, SEED)
     full = sorted(
-        client_seconds(d, bytes_down=nbytes, bytes_up=nbytes, num_examples=180, epochs=1)
-        for d in devices
+        client_seconds(
+            d, bytes_down=nbytes, bytes_up=nbytes, num_examples=180, epochs=1
+        )
+        for d in devices  # n_k = 180: 2,000 examples over 10, less 10% held out
     )
     deadline = round(full[NUM_NODES // 2], 3)
     overrides = {

@@ -202,3 +202,56 @@ def test_secagg_survives_dropouts_and_spends_epsilon_under_central_dp(
     # Learning is not asked here: noise of std z*S/m on each of 200k coordinates
     # outweighs three clipped updates of norm <= S.
     assert all(math.isfinite(row["test_loss"]) for row in history)
+
+
+def test_power_of_choice_under_a_deadline_with_over_commitment(
+    superlink: SuperLink, mnist_dir: Path, tmp_path: Path
+) -> None:
+    """Simulated devices, Power-of-Choice, ceil(1.6·5) = 8 clients a round and a
+    deadline: through Flower's simulation each round keeps at most 5 on-time
+    replies, drops the rest as late, advances the virtual clock, and equals the
+    in-process run of the same config (whose choices and times
+    tests/test_selection.py and tests/test_virtual_clock.py recompute)."""
+    config = run_config(
+        mnist_dir,
+        tmp_path / "out",
+        **{
+            "selection.policy": "power-of-choice",
+            "heterogeneity.enabled": True,
+            "heterogeneity.over-commit": 1.6,
+            "heterogeneity.round-deadline": 2.5,
+        },
+    )
+    history = completed(*simulate(superlink, config, tmp_path))
+    times = [row["virtual_time_s"] for row in history]
+    assert times[0] == 0.0 and all(a < b for a, b in itertools.pairwise(times))
+    for row in history[1:]:
+        assert row["clients_sampled"] == 8 and row["clients_succeeded"] == 8
+        assert row["clients_late"] >= 3
+        assert row["clients_late"] + row["clients_rejected"] <= 8
+    assert_same_history(history, in_process_history(config, tmp_path / "local"))
+
+
+def test_fedbuff_runs_asynchronously_through_the_simulation(
+    superlink: SuperLink, mnist_dir: Path, tmp_path: Path
+) -> None:
+    """FedBuff's own loop over the simulation's grid: 5 clients in flight, an update
+    every 3 replies, stale replies weighted down; its history is the virtual
+    schedule's, so it equals the in-process run's (tests/test_fedbuff.py
+    recomputes that one from the seed)."""
+    config = run_config(
+        mnist_dir,
+        tmp_path / "out",
+        strategy="fedbuff",
+        **{
+            "num-server-rounds": 4,
+            "heterogeneity.enabled": True,
+            "fedbuff.buffer-size": 3,
+            "fedbuff.concurrency": 5,
+        },
+    )
+    history = completed(*simulate(superlink, config, tmp_path))
+    assert [row["round"] for row in history] == [0, 1, 2, 3, 4]
+    assert any(row["staleness_max"] > 0 for row in history[1:])
+    assert history[-1]["test_accuracy"] > history[0]["test_accuracy"] + 0.1
+    assert_same_history(history, in_process_history(config, tmp_path / "local"))
