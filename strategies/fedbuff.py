@@ -25,7 +25,8 @@ Refused, with the reason: SecAgg+ (it masks a synchronous cohort's sum), DP (the
 accountant composes synchronous uniform samples), compression in the simulation
 (the schedule prices an upload before it is made), resume (clients in flight train
 from models the checkpoint does not hold), round deadlines, over-commitment and
-selection policies (ideas of synchronous rounds).
+selection policies (ideas of synchronous rounds), online hours (not modelled in its
+schedule).
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ class FedBuff(BaseStrategy):
                     "belongs to synchronous rounds; FedBuff has none (it waits for "
                     "no cohort): leave it at its default with strategy = 'fedbuff'",
                 )
+        if heterogeneity.online_fraction < 1:
+            raise ConfigError(
+                "heterogeneity.online-fraction",
+                "FedBuff's schedule does not model online hours: every device is "
+                "online; use 1.0 with strategy = 'fedbuff'",
+            )
         if config.compression.enabled and config.partition_source == "server":
             raise ConfigError(
                 "compression.scheme",

@@ -159,6 +159,10 @@ def test_the_loop_follows_the_virtual_schedule_and_repeats_itself(
             "heterogeneity.over-commit",
         ),
         ({"selection.policy": "power-of-choice"}, "selection.policy"),
+        (
+            {"heterogeneity.enabled": True, "heterogeneity.online-fraction": 0.5},
+            "heterogeneity.online-fraction",
+        ),
         ({"compression.scheme": "topk"}, "compression.scheme"),
         ({"resume": True}, "resume"),
         ({"fraction-evaluate": 0.5}, "fraction-evaluate"),
