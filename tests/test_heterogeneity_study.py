@@ -64,6 +64,20 @@ def test_time_to_accuracy_never_reached_or_no_clock() -> None:
     assert study.time_to_accuracy(unclocked, 0.6) is None
 
 
+def test_the_running_mean_time_waits_for_a_steady_window() -> None:
+    rows = rows_of([0.1, 0.76, 0.70, 0.76, 0.77, 0.78, 0.79, 0.80], 10.0)
+    assert study.time_to_accuracy(rows, 0.75) == 10.0  # one lucky round
+    # windows of 3 ending at rounds 2.. : 0.52, 0.74, 0.7433.., 0.77
+    assert study.time_to_running_mean(rows, 0.75, window=3) == 50.0
+    assert study.time_to_running_mean(rows, 0.75, window=1) == 10.0
+    assert study.time_to_running_mean(rows, 0.8, window=3) is None  # best 0.79
+    assert study.time_to_running_mean(rows[:2], 0.1, window=3) is None  # too short
+    gap = [*rows[:2], {"round": 2, "test_accuracy": None}, *rows[3:]]
+    assert study.time_to_running_mean(gap, 0.5, window=3) == 50.0  # window restarts
+    with pytest.raises(ValueError):
+        study.time_to_running_mean(rows, 0.75, window=0)
+
+
 def test_a_run_summarized() -> None:
     rows = rows_of([0.1, 0.5, 0.76, 0.70], 5.5, late=4)
     rows[2]["clients_rejected"] = 1
@@ -127,11 +141,12 @@ def test_table_rows_in_plan_order() -> None:
         "FedBuff (K = 10, concurrency 20)",
     ]
     uniform, over, oort, fedbuff = rows
-    assert uniform[1:5] == ["1.7 min", f"1.00{X}", "2 rounds", 20]
-    assert over[1:4] == ["0.7 min", f"0.40{X}", "1 rounds"]
+    assert uniform[1:3] == ["1.7 min", f"1.00{X}"]
+    assert uniform[3:7] == ["not reached", None, "2 rounds", 20]  # 3 rows < 5
+    assert over[1:3] == ["0.7 min", f"0.40{X}"] and over[5] == "1 rounds"
     assert oort[2] == f"1.50{X}"
     assert fedbuff[1] == "not reached (> 2 updates)"
-    assert fedbuff[2] is None and fedbuff[3] == "> 2 updates"
+    assert fedbuff[2] is None and fedbuff[5] == "> 2 updates"
     assert fedbuff[-1] == "-"  # no rounds to drop from
     assert all(len(r) == len(study.table_headers(0.75)) for r in rows)
     assert "virtual time to 75%" in study.table_headers(0.75)
@@ -143,6 +158,16 @@ def test_verdict_names_who_beat_uniform() -> None:
     assert f"(0.40{X})" in lines[0] and "uniform reached 75% at 1.7 min" in lines[0]
     assert lines[1].startswith("Slower than uniform: Oort")
     assert lines[2].startswith("Never reached 75%: FedBuff") and "2 updates" in lines[2]
+    assert lines[3] == "uniform's 5-row running mean never reached 75%."
+    steady = {
+        "uniform": study.summarize_run(rows_of([0.1, *[0.8] * 6], 50.0), 0.75),
+        "oort": study.summarize_run(rows_of([0.1, *[0.8] * 6], 40.0), 0.75),
+    }
+    lines = study.verdict_lines(study.VARIANTS, steady, 0.75)
+    assert lines[-1] == (
+        "On the 5-row running mean of 75% (uniform: 4.2 min), faster than uniform: "
+        f"Oort 3.3 min (0.80{X})."
+    )
     slower_only = {k: v for k, v in numbers().items() if k != "over-commit-1.3"}
     lines = study.verdict_lines(study.VARIANTS, slower_only, 0.75)
     assert lines[0].startswith("None beat uniform on virtual time to 75%")
@@ -156,6 +181,13 @@ def test_curve_points_are_virtual_minutes() -> None:
     rows = rows_of([0.1, 0.5], 90.0)
     rows.append({"round": 2, "test_accuracy": 0.6, "virtual_time_s": None})
     assert study.virtual_minutes(rows) == [(0.0, 0.1), (1.5, 0.5)]
+    steady = rows_of([0.1, 0.2, 0.3, 0.7], 60.0)
+    means = study.running_mean_minutes(steady, window=3)
+    assert means == [(2.0, pytest.approx(0.2)), (3.0, pytest.approx(0.4))]
+    assert study.running_mean_minutes(steady[:2], window=3) == []
+    assert study.zoom_minutes(numbers()) is None  # no 5-row mean reached 75%
+    long = {"a": {"time_to_mean_target_s": 120.0}, "b": {"time_to_mean_target_s": 60}}
+    assert study.zoom_minutes(long) == 3.0
 
 
 # ----------------------------------------------------------- the plan
