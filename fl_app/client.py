@@ -14,6 +14,7 @@ import in every fresh process.
 from __future__ import annotations
 
 import math
+import time
 from functools import lru_cache
 
 import numpy as np
@@ -99,7 +100,9 @@ class PartitionClient(NumPyClient):
             int(config[keys.BATCH_SIZE]),
         )
         budget = self.step_budget(parameters, config, steps)
+        started = time.perf_counter()
         loss = self.train_locally(config, part, max_steps=budget)
+        train_seconds = time.perf_counter() - started
         update = [
             new - old
             for new, old in zip(get_weights(self.model), received, strict=True)
@@ -130,6 +133,7 @@ class PartitionClient(NumPyClient):
         update = self.encode(update, config)
         metrics: dict[str, Scalar] = {
             keys.TRAIN_LOSS: loss,
+            keys.TRAIN_SECONDS: train_seconds,
             keys.REPORTED_PARTITION: self.partition_id,
             **part.metrics(),
         }

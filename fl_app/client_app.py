@@ -59,7 +59,10 @@ class PartitionRouter(NumPyClient):
         return build_client(self.config, partition_id, num_partitions, state)
 
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
-        return self.client_for(config).get_properties(config)
+        """Which partition this node holds, from its node config alone: no torch,
+        no data (the server asks every node once, before round 1)."""
+        partition_id, num_partitions = _partition(self.node, config)
+        return {keys.PARTITION_ID: partition_id, keys.NUM_PARTITIONS: num_partitions}
 
     def fit(
         self, parameters: NDArrays, config: dict[str, Scalar]

@@ -35,6 +35,7 @@ SCAFFOLD = "scaffold"
 
 # ------------------------------------------------------------- what clients report
 TRAIN_LOSS = "train_loss"  # fit metric
+TRAIN_SECONDS = "train_seconds"  # fit metric: wall seconds of the local training
 REPORTED_PARTITION = "partition_id"  # fit metric
 SCAFFOLD_STATE_ROUNDS = "scaffold_state_rounds"  # fit metric: rounds c_i was kept
 #: Fit metric: the Ray node that trained the client (its hex id; "" outside Ray).

@@ -77,6 +77,8 @@ class RoundRecord:
     # virtual seconds from the run's start to this round's end (NaN without them).
     clients_late: int = 0
     virtual_time_s: float = math.nan
+    # The slowest reply's local training, wall seconds (what a round cannot beat).
+    train_seconds_max: float = math.nan
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_row(self) -> dict[str, Any]:
@@ -87,7 +89,12 @@ class RoundRecord:
 
 
 # Fields that depend on the machine, not on the seed: left out when runs are compared.
-MACHINE_FIELDS = ("round_seconds", "elapsed_seconds", "clients_by_node")
+MACHINE_FIELDS = (
+    "round_seconds",
+    "elapsed_seconds",
+    "clients_by_node",
+    "train_seconds_max",
+)
 
 
 def new_run_dir(output_dir: str | Path, run_id: int | str | None = None) -> Path:

@@ -5,9 +5,11 @@
         "dataset='fashion-mnist' data-dir='/usr/share/datasets/fashion-mnist'"
 
 A SuperLink with TLS and SuperNode authentication on a free loopback port, N
-registered SuperNodes (node ``i`` holds partition ``i`` of N), the app submitted with
-``flwr run`` over TLS (``fl_app.launch.federation``); every process is stopped at
-the end, on error, Ctrl-C and SIGTERM. Exit code 0 only if it ``finished:completed``.
+registered SuperNodes (node ``i`` holds partition ``i`` of N), each with a warm
+executor beside it (``fl_app.launch.warm_executor``; ``--stock-executor``: Flower's,
+a fresh process a message), the app submitted with ``flwr run`` over TLS
+(``fl_app.launch.federation``); every process is stopped at the end, on error,
+Ctrl-C and SIGTERM. Exit code 0 only if it ``finished:completed``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         default=60,
         help="seconds to wait for all SuperNodes to be online",
     )
+    parser.add_argument(
+        "--stock-executor",
+        action="store_true",
+        help="run each message in a fresh flwr-clientapp process (Flower's own "
+        "executor) instead of a warm worker (fl_app/launch/warm_executor.py)",
+    )
     args = parser.parse_args(argv)
     run_config = requested_run_config(parser, args, OUTPUTS)
     supernodes = num_supernodes(args.num_supernodes, run_config, default=3)
@@ -73,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"logs and state: {work_dir}", flush=True)
 
     env = process_env(run_config)  # the pinned kernels, with --reproducible
-    with Federation(certs, work_dir, env=env) as federation:  # stopped however it ends
+    warm = not args.stock_executor
+    # Stopped however it ends:
+    with Federation(certs, work_dir, env=env, warm=warm) as federation:
         try:
             federation.start(supernodes, args.connect_timeout, echo=True)
             with RunProgress() as progress:

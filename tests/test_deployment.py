@@ -20,6 +20,8 @@ not wait a minute for the heartbeat verdict.
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -343,6 +345,94 @@ def test_too_few_supernodes_end_the_run_with_a_clear_message(
     assert "min-available-clients" in result.details
     assert "min-available-clients" in result.log_path.read_text()
     assert time.monotonic() - started < 60
+
+
+def _workers(federation: Federation, node: str) -> list[psutil.Process]:
+    """The warm ClientApp workers of ``node``'s executor."""
+    executor = psutil.Process(federation.executors[node].popen.pid)
+    return [
+        child
+        for child in executor.children()
+        if "spawn_main" in " ".join(child.cmdline())
+        and "resource_tracker" not in " ".join(child.cmdline())
+    ]
+
+
+def _workers_started(federation: Federation, node: str) -> list[str]:
+    """The FAB hashes ``node``'s executor started a worker for, in order."""
+    log = federation.executors[node].log_path.read_text(errors="replace")
+    return re.findall(r"warm executor: worker \d+ for FAB (\w+)", log)
+
+
+def test_a_killed_worker_costs_one_reply_and_is_replaced(
+    federation: Federation, data_dir: Path, tmp_path: Path
+) -> None:
+    """SIGKILL a node's warm worker while it trains in round 1: the round counts
+    that client as failed and aggregates the other two; round 2 gets a fresh
+    worker on that node and all three replies."""
+    node = "supernode-1"
+    log_path = federation.supernodes[node].log_path
+    trained_before = log_path.read_text().count("Receiving: train")
+    config = run_config(
+        data_dir,
+        tmp_path,
+        num_server_rounds=2,
+        round_timeout=ROUND_TIMEOUT,
+        local_epochs=20,  # a few seconds of training to kill it in
+    )
+    thread, outcome = run_in_background(federation, config)
+    deadline = time.monotonic() + 120
+    while log_path.read_text().count("Receiving: train") == trained_before:
+        assert thread.is_alive() and time.monotonic() < deadline, outcome
+        time.sleep(0.05)
+    killed = _workers(federation, node)
+    assert killed, "no warm worker to kill"
+    cpu = {w.pid: sum(w.cpu_times()[:2]) for w in killed}
+    while all(sum(w.cpu_times()[:2]) < cpu[w.pid] + 0.3 for w in killed):
+        assert thread.is_alive() and time.monotonic() < deadline, outcome
+        time.sleep(0.02)  # until one of them computes: it holds the message
+    for worker in killed:
+        worker.kill()
+    result = finish(thread, outcome, 240)
+
+    assert result.completed, explain(result)
+    history = read_history(result.run_dir)
+    assert history[1]["clients_failed"] == 1, history[1]
+    assert history[1]["clients_succeeded"] == 2 and history[1]["model_updated"]
+    assert history[2]["clients_succeeded"] == NUM_NODES, history[2]
+    fresh = {w.pid for w in _workers(federation, node)}
+    assert fresh and not fresh & {w.pid for w in killed}
+
+
+def test_two_apps_on_one_node_each_get_their_own_worker(
+    federation: Federation, data_dir: Path, tmp_path: Path
+) -> None:
+    """Another FAB (the app at another version) on the same SuperNodes: each node
+    starts a worker for it beside the first app's, and the run completes."""
+    copy = tmp_path / "app-copy"
+    for part in ("fl_app", "strategies"):
+        shutil.copytree(
+            REPO / part, copy / part, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, copy / name)
+    pyproject = copy / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text().replace('version = "0.1.0"', 'version = "0.1.1"', 1)
+    )
+    nodes = [f"supernode-{i}" for i in range(NUM_NODES)]
+    before = {node: _workers_started(federation, node) for node in nodes}
+    app_dir, federation.app_dir = federation.app_dir, copy
+    try:
+        config = run_config(data_dir, tmp_path / "out", num_server_rounds=1)
+        result = finish(*run_in_background(federation, config), 180)
+    finally:
+        federation.app_dir = app_dir
+    assert result.completed, explain(result)
+    for node, hashes in before.items():
+        started = _workers_started(federation, node)
+        new = started[len(hashes) :]
+        assert len(new) == 1 and new[0] not in hashes, (node, started)
 
 
 def test_run_survives_a_killed_supernode(

@@ -12,6 +12,7 @@ outside their groups (the SuperLink starts its SuperExec in a session of its own
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -43,8 +44,15 @@ class Federation(SuperLinkOwner):
         *,
         env: Mapping[str, str] | None = None,
         app_dir: Path = APP_DIR,
+        warm: bool = True,
     ) -> None:
+        """``warm``: each SuperNode's ClientApps run in warm workers
+        (``fl_app.launch.warm_executor``), else in Flower's stock executor (a fresh
+        process a message)."""
         super().__init__(app_dir)
+        self.warm = warm
+        #: Each SuperNode's warm executor, by the node's name (``warm`` only).
+        self.executors: dict[str, ManagedProcess] = {}
         self.certs = certs
         self.work_dir = work_dir.resolve()
         self.log_dir = self.work_dir / "logs"
@@ -125,9 +133,12 @@ class Federation(SuperLinkOwner):
         """
         home = self.work_dir / name
         home.mkdir(parents=True, exist_ok=True)
+        runtime_api = f"{LOOPBACK}:{free_port()}"
         command = [flower_bin("flower-supernode"), "--superlink", self.address]
         command += ["--node-config", node_config, "--host", LOOPBACK]
-        command += ["--port", str(free_port())]
+        command += ["--port", runtime_api.rsplit(":", 1)[1]]
+        if self.warm:  # the node's executor is ours, started next to it
+            command += ["--isolation", "process"]
         if root_certificates is not None:
             command += ["--root-certificates", str(root_certificates.resolve())]
         if private_key is not None:
@@ -135,6 +146,17 @@ class Federation(SuperLinkOwner):
         log_path, env = self.log_dir / f"{name}.log", self._env(home / "flwr-home")
         process = ManagedProcess.start(name, command, log_path, env=env, cwd=home)
         self.supernodes[name] = process
+        if self.warm:
+            executor = [sys.executable, "-m", "fl_app.launch.warm_executor"]
+            executor += ["--runtime-api-address", runtime_api, "--insecure"]
+            executor += ["--parent-pid", str(process.popen.pid), "--preload", "torch"]
+            self.executors[name] = ManagedProcess.start(
+                f"{name}-executor",
+                executor,
+                self.log_dir / f"{name}-executor.log",
+                env=env,
+                cwd=home,
+            )
         return process
 
     def start_supernodes(self, num: int) -> list[ManagedProcess]:
@@ -177,8 +199,11 @@ class Federation(SuperLinkOwner):
         )
 
     def kill_supernode(self, name: str) -> None:
-        """SIGKILL a node's whole process group: a crash, as far as Flower can tell."""
+        """SIGKILL a node's whole process group, and its warm executor's: a crash,
+        as far as Flower can tell."""
         self.supernodes[name].kill()
+        if name in self.executors:
+            self.executors[name].kill()
 
     # ----------------------------------------------------------------- runs
     def run(
@@ -204,8 +229,9 @@ class Federation(SuperLinkOwner):
     # ----------------------------------------------------------------- shutdown
     def stop(self, grace: float = 10.0) -> None:
         """Stop the SuperNodes (in parallel), then the SuperLink."""
-        with ThreadPoolExecutor(max_workers=max(1, len(self.supernodes))) as pool:
-            list(pool.map(lambda p: p.stop(grace), self.supernodes.values()))
+        nodes = [*self.supernodes.values(), *self.executors.values()]
+        with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+            list(pool.map(lambda p: p.stop(grace), nodes))
         if self.superlink is not None:
             self.superlink.stop(grace)
 

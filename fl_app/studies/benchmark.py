@@ -4,6 +4,7 @@ r"""Time the app against a single-process loop doing the same SGD steps.
     .venv/bin/python scripts/benchmark.py --clients-per-round 10,50,100 \
         --num-clients 100,1000,10000                     # a scaling series
     .venv/bin/python scripts/benchmark.py --deployed     # + the local TLS federation
+    .venv/bin/python scripts/benchmark.py --deployed --deployed-only   # stock vs warm
 
 Workload W: Fashion-MNIST (``/usr/share/datasets/fashion-mnist``), the 2NN, IID,
 E = 1, B = 10, seed 42; by default 100 virtual clients and 10 a round (C = 0.1).
@@ -41,11 +42,11 @@ from typing import Any
 from fl_app.config import RunConfig
 from fl_app.data import IDX_FILES, find_idx
 from fl_app.files import write_json
-from fl_app.launch.certs import Certs, ensure
-from fl_app.launch.federation import Federation
 from fl_app.launch.processes import sigterm_as_interrupt
 from fl_app.launch.simulation import SimulationSuperLink
 from fl_app.results import HISTORY_JSON, read_history
+from fl_app.studies.deployed_bench import compare_executors
+from fl_app.studies.deployed_bench import table as deployed_table
 from fl_app.studies.reference_loop import PssSampler, run_reference, sampling, steady
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
@@ -98,7 +99,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--deployed",
         action="store_true",
-        help="also time 3 rounds on the local TLS federation (3 SuperNodes)",
+        help="also time 3 rounds on the local TLS federation (3 SuperNodes), with "
+        "Flower's stock executor and with warm ClientApps, alternating",
+    )
+    parser.add_argument(
+        "--deployed-repeats",
+        type=int,
+        default=3,
+        help="runs of each executor with --deployed (default 3: their medians)",
+    )
+    parser.add_argument(
+        "--deployed-only",
+        action="store_true",
+        help="with --deployed: skip the simulation rows",
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmark"))
     args = parser.parse_args(argv)
@@ -144,7 +157,7 @@ def counts(text: str) -> list[int]:
 def measure(plan: argparse.Namespace, out: Path) -> None:
     """Every (clients, per round) pair: the app, then the reference; the table."""
     rows = []
-    for clients in plan.num_clients:
+    for clients in [] if plan.deployed_only else plan.num_clients:
         for per_round in plan.clients_per_round:
             nodes = clients
             if plan.max_supernodes:
@@ -174,18 +187,9 @@ def measure(plan: argparse.Namespace, out: Path) -> None:
                 flush=True,
             )
     if plan.deployed:
-        deployed = run_deployed(3, plan.data_dir, out)
+        deployed = compare_executors(3, plan.data_dir, out, plan.deployed_repeats)
         write_json(out / "deployed.json", deployed)
-        print(
-            "deployed, 3 SuperNodes over TLS: nodes online "
-            f"{deployed['nodes_online_s']:.1f} s, round 1 "
-            f"{deployed['round_1_s']:.1f} s, steady "
-            f"{deployed['steady_round_s']:.1f} s/round (rounds: "
-            + ", ".join(f"{x:.1f}" for x in deployed["round_seconds"])
-            + f"), whole command {deployed['whole_s']:.1f} s, accuracy "
-            f"{100 * deployed['final_accuracy']:.2f}%",
-            flush=True,
-        )
+        print(deployed_table(deployed), flush=True)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -303,38 +307,3 @@ def _rows(history: Path) -> int:
         return len(json.loads(history.read_text()))
     except (OSError, ValueError):
         return 0
-
-
-def run_deployed(rounds: int, data_dir: str, out: Path) -> dict[str, Any]:
-    """The local TLS federation (SuperLink + 3 SuperNodes, node authentication, a
-    third of the training set each), timed from the SuperLink's start."""
-    with tempfile.TemporaryDirectory(prefix="fl-bench-deploy-") as tmp:
-        certs = Certs(Path(tmp) / "certs")
-        ensure(certs.directory, num_supernodes=3)
-        started = time.monotonic()
-        with Federation(certs, out / "federation") as federation:
-            federation.start(3, connect_timeout=120)
-            online = time.monotonic() - started
-            result = federation.run(
-                {
-                    "num-server-rounds": rounds,
-                    "fraction-fit": 1.0,
-                    "min-available-clients": 3,
-                    "dataset": "fashion-mnist",
-                    "data-dir": data_dir,
-                    "output-dir": str(out / "runs-deployed"),
-                }
-            )
-            whole = time.monotonic() - started
-    if not result.completed or result.run_dir is None:
-        raise RuntimeError(f"deployed run: {result.status} {result.details}")
-    rows = read_history(result.run_dir)
-    seconds = [r["round_seconds"] for r in rows[1:]]
-    return {
-        "nodes_online_s": online,
-        "round_1_s": seconds[0],
-        "steady_round_s": steady(seconds),
-        "round_seconds": seconds,
-        "whole_s": whole,
-        "final_accuracy": rows[-1]["test_accuracy"],
-    }
