@@ -53,6 +53,9 @@ def count_replies(
     )
     record.clients_rejected = len(results) - record.clients_late - num_valid
     record.bytes_received = sum(parameters_nbytes(r.parameters) for _, r in results)
+    seconds = [r.metrics.get(keys.TRAIN_SECONDS) for _, r in results]
+    timed = [float(s) for s in seconds if isinstance(s, (int, float))]
+    record.train_seconds_max = max(timed, default=math.nan)
 
 
 def clients_by_node(results: list[tuple[ClientProxy, FitRes]]) -> str:
