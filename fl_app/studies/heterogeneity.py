@@ -73,7 +73,6 @@ the same command again skips the runs already finished, so an interrupted study
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -82,7 +81,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from fl_app.files import write_atomically, write_json, write_text
+from fl_app.files import write_json, write_text
 from fl_app.heterogeneity import DeviceSpec, client_seconds, draw_profiles
 from fl_app.studies.cli import (
     add_common_arguments,
@@ -108,6 +107,7 @@ from fl_app.studies.report import (
     markdown_table,
     percent,
     run_entry,
+    save_figure,
 )
 
 PARTITIONER = "shards"
@@ -768,13 +768,7 @@ def plot_virtual_time(
         ax.grid(alpha=0.3)
     if curves:
         fig.legend(loc="outside right upper", frameon=False)
-    if title:
-        fig.suptitle(title)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, buffer.getvalue())
+    save_figure(fig, path, title)
 
 
 def _quantile(values: Sequence[float], q: float) -> float:

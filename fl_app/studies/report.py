@@ -211,6 +211,14 @@ def plot_curves(
             ncol=min(len(handles), 4 if count == 1 else 6),
             frameon=False,
         )
+    save_figure(fig, path, title)
+
+
+def save_figure(fig: Any, path: Path, title: str = "") -> None:
+    """``fig`` (with ``title`` on top) as a PNG at ``path``, written whole, then
+    closed."""
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title)
     buffer = io.BytesIO()
