@@ -112,12 +112,21 @@ def _partition(node: Context, message_config: dict[str, Scalar]) -> tuple[int, i
     """(partition-id, num-partitions): the message's, else the node's own."""
     source = message_config if keys.PARTITION_ID in message_config else node.node_config
     try:
-        return int(source[keys.PARTITION_ID]), int(source[keys.NUM_PARTITIONS])
+        partition, count = (
+            int(source[keys.PARTITION_ID]),
+            int(source[keys.NUM_PARTITIONS]),
+        )
     except KeyError as missing:
         raise ValueError(
             f"node config lacks {missing}; start the SuperNode with "
             '--node-config "partition-id=<i> num-partitions=<N>"'
         ) from None
+    if not 0 <= partition < count:
+        raise ValueError(
+            f"partition-id {partition} is outside 0..{count - 1} "
+            f"(num-partitions = {count})"
+        )
+    return partition, count
 
 
 def ray_node() -> str:

@@ -257,9 +257,12 @@ def test_client_fn_builds_the_nodes_client(
     assert isinstance(client, Client)
 
     train, val = _client_data(mnist_dir, partition_id)
+    # The node's partition, from its config alone (no data loaded to answer).
     properties = client.get_properties(GetPropertiesIns({})).properties
-    assert properties["partition-id"] == partition_id
-    assert properties["num-examples"] == len(train)
+    assert properties == {
+        "partition-id": partition_id,
+        "num-partitions": NUM_PARTITIONS,
+    }
 
     res = client.fit(FitIns(ndarrays_to_parameters(global_weights), dict(FIT_CONFIG)))
     assert res.status.code == Code.OK
