@@ -159,15 +159,16 @@ def explain(result: RunOutcome) -> str:
     return f"{result.status} {result.details}\n" + "\n".join(log[-30:])
 
 
-def test_scaffold_state_persists_and_a_killed_serverapp_resumes(
+def test_scaffold_state_persists_and_a_crashed_superlink_comes_back(
     federation: Federation, data_dir: Path, tmp_path: Path
 ) -> None:
-    """SCAFFOLD over TLS, 2 rounds, its ``flwr-serverapp`` process killed with
-    SIGKILL mid-round 2 and resumed (``resume = true``): rounds 0-2 equal the
-    uninterrupted run's to 1e-6 (run in process: ``tests/inprocess.py``), and
-    each SuperNode keeps its control variate c_i between rounds, across the kill
-    too, although every message runs in a fresh ``flwr-clientapp`` process (every
-    node trains every round, so in round 2 all of them find the c_i they stored)."""
+    """SCAFFOLD over TLS, 2 rounds; mid-round 2 the SuperLink crashes (SIGKILL,
+    with its SuperExec and ServerApp) and is started again on its database: the
+    SuperNodes, never restarted, reconnect by themselves, and the run resumed
+    (``resume = true``) gives rounds 0-2 equal to the uninterrupted run's to 1e-6
+    (run in process: ``tests/inprocess.py``); each SuperNode keeps its control
+    variate c_i between rounds, across the crash too (every node trains every
+    round, so in round 2 all of them find the c_i they stored)."""
     whole = run_config(data_dir, tmp_path / "whole", num_server_rounds=2)
     whole["strategy"] = "scaffold"
     run_in_process(whole, NUM_NODES)
@@ -189,14 +190,22 @@ def test_scaffold_state_persists_and_a_killed_serverapp_resumes(
         lambda command: "flwr-serverapp" in " ".join(command),
     )
     assert serverapps, "no flwr-serverapp process"
-    for process in serverapps:
-        process.kill()  # mid-round 2: its messages are out
-    # The CLI would stream until the SuperLink notices; it goes too.
+    nodes = {name: node.pid for name, node in federation.supernodes.items()}
+    federation.crash_superlink()  # mid-round 2, with its ServerApp
+    # The CLI would stream until it gives up; it goes too.
     for process in _processes(psutil.Process(), _is_flwr_run):
         process.kill()
     thread.join(60)
     crash_run = (crash_dir / "latest").resolve()
     assert [row["round"] for row in read_history(crash_run)] == [0, 1]
+    _, alive = psutil.wait_procs(serverapps, timeout=10)
+    assert not alive, alive  # the ServerApp went down with its host
+    # Back on its database: the nodes reconnect by themselves, none restarted.
+    federation.restart_superlink()
+    federation.wait_for_online(NUM_NODES, timeout=120)
+    for name, pid in nodes.items():
+        node = federation.supernodes[name]
+        assert node.pid == pid and node.alive(), name
 
     resumed = {**whole, "output-dir": str(crash_dir), "resume": True}
     resumed["resume-dir"] = str(crash_run)

@@ -12,12 +12,15 @@ outside their groups (the SuperLink starts its SuperExec in a session of its own
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from fl_app.launch.certs import Certs
 from fl_app.launch.flower_cli import (
@@ -28,7 +31,12 @@ from fl_app.launch.flower_cli import (
     flwr_json,
     start_superlink,
 )
-from fl_app.launch.processes import LOOPBACK, ManagedProcess, free_port
+from fl_app.launch.processes import (
+    LOOPBACK,
+    ManagedProcess,
+    free_port,
+    process_family,
+)
 from fl_app.launch.runs import APP_DIR, RunOutcome, SuperLinkOwner
 
 
@@ -62,6 +70,7 @@ class Federation(SuperLinkOwner):
         self.supernodes: dict[str, ManagedProcess] = {}
         self.address = ""
         self._runs = 0
+        self._superlink_start: tuple[Any, ...] = ()
 
     def start(
         self, num_supernodes: int, connect_timeout: float = 60, *, echo: bool = False
@@ -90,6 +99,7 @@ class Federation(SuperLinkOwner):
         args += ["--ssl-keyfile", str(self.certs.superlink_key.resolve())]
         args += ["--enable-supernode-auth", "--database", str(home / "state.db")]
         log_path, env = self.log_dir / "superlink.log", self._env(home / "flwr-home")
+        self._superlink_start = (args, log_path, env, home)
         for attempt in range(1, attempts + 1):
             port = free_port()
             try:
@@ -105,6 +115,26 @@ class Federation(SuperLinkOwner):
                 self.connection, self.address, root_certificates=self.certs.ca_cert
             )
             return
+
+    def crash_superlink(self) -> None:
+        """SIGKILL the SuperLink and all it started (its SuperExec and ServerApp, in
+        sessions of their own): the SuperLink's host crashed."""
+        assert self.superlink is not None
+        family = process_family(self.superlink.pid)
+        self.superlink.kill()
+        for process in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+
+    def restart_superlink(self, timeout: float = 30) -> None:
+        """The SuperLink again, on the same port and database (``--database``): its
+        registered nodes, runs and their state survive; the SuperNodes reconnect
+        by themselves."""
+        args, log_path, env, home = self._superlink_start
+        port = int(self.address.rsplit(":", 1)[1])
+        self.superlink = start_superlink(
+            args, port, log_path, env, cwd=home, timeout=timeout
+        )
 
     # ----------------------------------------------------------------- CLI
     def register(self, public_key: Path) -> int:
