@@ -45,10 +45,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import multiprocessing
 import os
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from logging import ERROR, INFO
@@ -58,6 +60,7 @@ from typing import Any
 #: How often the executor asks the SuperNode for a task (Flower's default is 1 s).
 TASK_POLL_INTERVAL_S = "0.05"
 READY = "ready"
+TRACE_ENV = "FL_APP_EXECUTOR_TRACE"
 MAX_TASKS = 8  # messages a node's executor serves at once
 
 
@@ -161,6 +164,17 @@ def call_client_app(
         return ("error", int(ErrorCode.CLIENT_APP_RAISED_EXCEPTION), reason)
 
 
+def trace(message_type: str, times: dict[str, float]) -> None:
+    """With ``FL_APP_EXECUTOR_TRACE`` set to a file, append the task's wall-clock
+    times (acquired, pulled, to and from the worker, pushed) as a JSON line: the
+    node's share of a deployed round (``docs/performance.md``)."""
+    path = os.environ.get(TRACE_ENV)
+    if path:
+        line = json.dumps({"pid": os.getpid(), "type": message_type, **times})
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(line + "\n")
+
+
 class WorkerDied(RuntimeError):
     """The worker process ended while it held a message."""
 
@@ -256,6 +270,7 @@ class WarmExecutor:
             push_task_output,
         )
 
+        times = {"acquired": time.time()}
         client, retry_invoker = runtime_client(token, self.address, self.certificates)
         heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
         message = reply = context = worker = None
@@ -263,7 +278,9 @@ class WarmExecutor:
         try:
             heartbeat.start()
             message, context, run, fab = pull_task_input(client)
+            times["pulled"] = time.time()
             worker = self._worker(fab.hash_str)
+            times["to_worker"] = time.time()
             answer = worker.call(
                 {
                     "task_id": TaskIdentity.task_id,
@@ -278,6 +295,7 @@ class WarmExecutor:
                     "fab_content": fab.content,
                 }
             )
+            times["from_worker"] = time.time()
             if answer[0] == "reply":
                 reply = message_from_proto(MessageProto.FromString(answer[1]))
                 context = context_from_proto(ContextProto.FromString(answer[2]))
@@ -305,6 +323,9 @@ class WarmExecutor:
             )
             heartbeat.stop()
             client.close()
+            times["pushed"] = time.time()
+            if message is not None:
+                trace(message.metadata.message_type, times)
             if worker is not None:
                 with self.lock:
                     worker.busy = False

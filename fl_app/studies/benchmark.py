@@ -45,7 +45,7 @@ from fl_app.files import write_json
 from fl_app.launch.processes import sigterm_as_interrupt
 from fl_app.launch.simulation import SimulationSuperLink
 from fl_app.results import HISTORY_JSON, read_history
-from fl_app.studies.deployed_bench import compare_executors
+from fl_app.studies.deployed_bench import compare_executors, line, phases, run_deployed
 from fl_app.studies.deployed_bench import table as deployed_table
 from fl_app.studies.reference_loop import PssSampler, run_reference, sampling, steady
 
@@ -111,7 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--deployed-only",
         action="store_true",
-        help="with --deployed: skip the simulation rows",
+        help="skip the simulation rows (with --deployed or --deployed-trace)",
+    )
+    parser.add_argument(
+        "--deployed-trace",
+        action="store_true",
+        help="one warm run of 5 rounds whose steady rounds are split into phases by "
+        "the executors' task times",
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmark"))
     args = parser.parse_args(argv)
@@ -190,6 +196,19 @@ def measure(plan: argparse.Namespace, out: Path) -> None:
         deployed = compare_executors(3, plan.data_dir, out, plan.deployed_repeats)
         write_json(out / "deployed.json", deployed)
         print(deployed_table(deployed), flush=True)
+    if plan.deployed_trace:
+        trace = out / "executor-trace.jsonl"
+        trace.unlink(missing_ok=True)
+        run = run_deployed(5, plan.data_dir, out / "traced", trace=trace)
+        run.pop("history")
+        split = phases(trace, 5)
+        write_json(out / "deployed-trace.json", {"run": run, "phases_s": split})
+        print(line(run), flush=True)
+        print(
+            "a warm steady round, medians (s): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in split.items()),
+            flush=True,
+        )
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -13,6 +13,8 @@ run's history must be the same bit for bit (the machine's fields aside).
 
 from __future__ import annotations
 
+import itertools
+import json
 import statistics
 import tempfile
 import time
@@ -21,6 +23,7 @@ from typing import Any
 
 from fl_app.launch.certs import Certs, ensure
 from fl_app.launch.federation import Federation
+from fl_app.launch.warm_executor import TRACE_ENV
 from fl_app.results import MACHINE_FIELDS, read_history
 from fl_app.studies.reference_loop import steady
 
@@ -28,14 +31,21 @@ EXECUTORS = {"stock": False, "warm": True}
 
 
 def run_deployed(
-    rounds: int, data_dir: str, out: Path, *, warm: bool = True
+    rounds: int,
+    data_dir: str,
+    out: Path,
+    *,
+    warm: bool = True,
+    trace: Path | None = None,
 ) -> dict[str, Any]:
-    """One run on the local TLS federation with ``warm`` executors or Flower's."""
+    """One run on the local TLS federation with ``warm`` executors or Flower's
+    (``trace``: the warm executors' task times go to that file)."""
+    env = {} if trace is None else {TRACE_ENV: str(trace)}
     with tempfile.TemporaryDirectory(prefix="fl-bench-deploy-") as tmp:
         certs = Certs(Path(tmp) / "certs")
         ensure(certs.directory, num_supernodes=3)
         started = time.monotonic()
-        with Federation(certs, out / "federation", warm=warm) as federation:
+        with Federation(certs, out / "federation", warm=warm, env=env) as federation:
             federation.start(3, connect_timeout=120)
             online = time.monotonic() - started
             result = federation.run(
@@ -125,3 +135,38 @@ def table(result: dict[str, Any]) -> str:
     same = "the same" if result["same_history"] else "DIFFERENT"
     lines.append(f"\nEvery run's history: {same} (machine fields aside).")
     return "\n".join(lines)
+
+
+def phases(trace: Path, rounds: int) -> dict[str, float]:
+    """A warm run's steady rounds split by the executors' task times (medians over
+    rounds 2..R, seconds): ``spread``, how far apart the three nodes met their
+    message (the SuperNode's 3 s idle poll); per node, ``pull`` (the message over
+    the node's Runtime API), ``worker`` (to the worker, the ClientApp with its
+    training, back) and ``push`` (the reply to the node); ``gap``, from the round's
+    last reply pushed to the next round's first message acquired (the node's reply
+    wait, the upload to the SuperLink, the server's poll, aggregation and sending,
+    and the first node's poll)."""
+    tasks = [json.loads(line) for line in trace.read_text().splitlines()]
+    trains = sorted(
+        (t for t in tasks if t["type"] == "train"), key=lambda t: t["acquired"]
+    )
+    per_round = [trains[i : i + 3] for i in range(0, len(trains), 3)]
+    steady_rounds = per_round[1:rounds]
+    median = statistics.median
+    return {
+        "spread": median(
+            max(t["acquired"] for t in r) - min(t["acquired"] for t in r)
+            for r in steady_rounds
+        ),
+        "pull": median(t["pulled"] - t["acquired"] for r in steady_rounds for t in r),
+        "worker": median(
+            t["from_worker"] - t["to_worker"] for r in steady_rounds for t in r
+        ),
+        "push": median(
+            t["pushed"] - t["from_worker"] for r in steady_rounds for t in r
+        ),
+        "gap": median(
+            min(t["acquired"] for t in later) - max(t["pushed"] for t in earlier)
+            for earlier, later in itertools.pairwise(per_round)
+        ),
+    }
