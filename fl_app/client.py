@@ -29,8 +29,8 @@ from fl_app.attacks import attacking_partitions, flip_labels, poison_update
 from fl_app.client_parts import ClientPart, client_part
 from fl_app.compression import CodecSpec, encode
 from fl_app.config import AttackConfig, DpConfig, RunConfig
-from fl_app.data import Split, client_data
-from fl_app.heterogeneity import DeviceProfile, DeviceSpec, draw_profiles, work_fraction
+from fl_app.data import Split, client_data, client_indices
+from fl_app.heterogeneity import DeviceProfile, device_profiles, work_fraction
 from fl_app.model import build_model, get_weights, set_weights
 from fl_app.privacy import NOISE_SALT, clip, local_privatize
 from fl_app.training import evaluate, local_steps, seeded_generator, train
@@ -271,7 +271,9 @@ def build_client(
         codec=config.compression.spec() if config.compression.enabled else None,
         local_dp=config.dp if config.dp.local else None,
         device=(
-            _devices(heterogeneity.spec(), num_partitions, config.seed)[partition_id]
+            device_profiles(heterogeneity.spec(), num_partitions, config.seed)[
+                partition_id
+            ]
             if heterogeneity.partial_work
             else None
         ),
@@ -279,11 +281,21 @@ def build_client(
     )
 
 
-@lru_cache(maxsize=2)
-def _devices(spec: DeviceSpec, num_partitions: int, seed: int) -> list[DeviceProfile]:
-    """The simulated devices, drawn once a process (the server's clock draws the
-    same ones: ``strategies.clock``)."""
-    return draw_profiles(spec, num_partitions, seed)
+def trained_by(config: RunConfig, partition: int, num_partitions: int) -> np.ndarray:
+    """The indices a partition's client trains on in the run ``config`` describes
+    (``fl_app.data.client_indices``: its training share, on the run's half)."""
+    train, _ = client_indices(
+        config.dataset,
+        config.data_dir,
+        config.partitioner,
+        partition,
+        num_partitions,
+        alpha=config.dirichlet_alpha,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        half_seed=config.audit.half_seed,
+    )
+    return train
 
 
-__all__ = ["PartitionClient", "build_client"]
+__all__ = ["PartitionClient", "build_client", "trained_by"]

@@ -31,9 +31,19 @@ def with_shared_poller(grid: Grid) -> Grid:
     """``grid`` with replies collected by one shared poller."""
     if isinstance(grid, SharedPollerGrid):
         return grid
-    in_memory = isinstance(grid, InMemoryGrid)
-    return SharedPollerGrid(
-        grid, IN_MEMORY_INTERVAL_S if in_memory else DEPLOYED_INTERVAL_S
+    return SharedPollerGrid(grid, pull_interval(grid))
+
+
+def pull_interval(grid: Grid) -> float:
+    """How often to ask ``grid`` for replies: the ``pull_interval_s`` it states, if
+    any (a grid within this process); 5 ms for Flower's simulation grid (an
+    in-process lookup); else 0.2 s (each pull a request to the SuperLink)."""
+    inner = getattr(grid, "inner", grid)  # under the shared poller
+    stated = getattr(inner, "pull_interval_s", None)
+    if stated is not None:
+        return float(stated)
+    return (
+        IN_MEMORY_INTERVAL_S if isinstance(inner, InMemoryGrid) else DEPLOYED_INTERVAL_S
     )
 
 

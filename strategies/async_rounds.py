@@ -44,11 +44,11 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
-from flwr.superlink.grid.http_grid import HttpGrid
 
 from fl_app import keys
+from fl_app.client import trained_by
 from fl_app.config import ConfigError
-from fl_app.data import client_indices
+from fl_app.grid import pull_interval
 from fl_app.heterogeneity import (
     Arrival,
     AsyncScheduler,
@@ -65,9 +65,6 @@ from strategies.sampling import PackedClient
 
 SCHEDULE_SALT = 0xFEDB  # the next client's draw: default_rng([seed, SCHEDULE_SALT])
 NODE_POLL_S = 0.5
-# How often replies are pulled: an in-process lookup in the simulation, a request to
-# the SuperLink in a deployment (as fl_app.grid's shared poller).
-IN_MEMORY_INTERVAL_S, DEPLOYED_INTERVAL_S = 0.005, 0.2
 
 
 @dataclass
@@ -120,14 +117,16 @@ class BufferedLoop:
         #: Replies pulled and not yet taken, by the id of the message they answer
         #: (None: it timed out).
         self.replies: dict[str, Message | None] = {}
-        self.interval = DEPLOYED_INTERVAL_S if _remote(grid) else IN_MEMORY_INTERVAL_S
+        self.interval = pull_interval(grid)  # as fl_app.grid's shared poller
         self.started = time.monotonic()
         self.virtual = self.config.partition_source == "server"
 
     # ------------------------------------------------------------- the loop
     def run(self) -> None:
         strategy, config = self.strategy, self.config
-        manager = self._connect()
+        # The grid's nodes; the sampler waits for min-available-clients of them
+        # (and, deployed, asks each node its partition).
+        manager = _GridClientManager(self.grid, self.run_id)
         population = strategy.sampler.population(manager, 1)
         concurrency = self.settings.concurrency
         if concurrency > population:
@@ -181,7 +180,7 @@ class BufferedLoop:
                 devices[p],
                 bytes_down=nbytes,
                 bytes_up=nbytes,
-                num_examples=len(self._trained_by(p, population)),
+                num_examples=len(trained_by(config, p, population)),
                 epochs=config.local_epochs,
             )
             for p in range(population)
@@ -362,36 +361,8 @@ class BufferedLoop:
         strategy.recorder.start_round(version + 1)
 
     # ------------------------------------------------------------- set-up
-    def _connect(self) -> SimpleClientManager:
-        """The grid's nodes as Flower's client proxies, once ``min-available-
-        clients`` are connected (the sampler waits for them and asks each node its
-        partition in a deployment)."""
-        manager = _GridClientManager(self.grid, self.run_id)
-        return manager
-
-    def _trained_by(self, partition: int, population: int) -> np.ndarray:
-        config = self.config
-        train, _ = client_indices(
-            config.dataset,
-            config.data_dir,
-            config.partitioner,
-            partition,
-            population,
-            alpha=config.dirichlet_alpha,
-            val_fraction=config.val_fraction,
-            seed=config.seed,
-            half_seed=config.audit.half_seed,
-        )
-        return train
-
     def _now(self) -> float:
         return time.monotonic() - self.started
-
-
-def _remote(grid: Grid) -> bool:
-    """A deployment's grid, each pull a request to the SuperLink (also under
-    fl_app.grid's shared poller)."""
-    return isinstance(getattr(grid, "inner", grid), HttpGrid)
 
 
 class _GridClientManager(SimpleClientManager):

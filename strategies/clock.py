@@ -21,7 +21,7 @@ from flwr.server.client_proxy import ClientProxy
 
 from fl_app import keys
 from fl_app.config import RunConfig
-from fl_app.heterogeneity import DeviceProfile, client_seconds, draw_profiles
+from fl_app.heterogeneity import DeviceProfile, client_seconds, device_profiles
 from fl_app.heterogeneity.clock import round_timing
 from fl_app.results import RoundRecord
 from strategies.metrics import parameters_nbytes
@@ -35,18 +35,15 @@ class SystemClock:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.elapsed = 0.0  # virtual seconds of the rounds so far (state_dict)
-        self._devices: list[DeviceProfile] = []
         #: The last round's replies' virtual seconds, by partition (what a server
         #: observes of its clients' speed: ``strategies.selection``).
         self.last_seconds: dict[int, float] = {}
 
-    def devices(self, num_partitions: int) -> list[DeviceProfile]:
-        """Partition p's device is ``devices(K)[p]``, the same for a seed; drawn
-        once a run (K does not change within one)."""
-        if len(self._devices) != num_partitions:
-            spec = self.config.heterogeneity.spec()
-            self._devices = draw_profiles(spec, num_partitions, self.config.seed)
-        return self._devices
+    def devices(self, num_partitions: int) -> tuple[DeviceProfile, ...]:
+        """Partition p's device is ``devices(K)[p]``, the same for a seed (and the
+        one its client sees: ``fl_app.client``)."""
+        spec = self.config.heterogeneity.spec()
+        return device_profiles(spec, num_partitions, self.config.seed)
 
     def seconds(self, device: DeviceProfile, reply: FitRes, bytes_down: int) -> float:
         """Virtual seconds from the round's start until this reply reaches the

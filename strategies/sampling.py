@@ -60,7 +60,7 @@ from flwr.server.criterion import Criterion
 from fl_app import keys
 from fl_app.config import RunConfig
 from fl_app.packing import PackingError, format_partitions, packed_entries
-from strategies.selection import Selection
+from strategies.selection import Selection, uniform_draw
 
 _Ins = TypeVar("_Ins", FitIns, EvaluateIns)
 
@@ -189,7 +189,7 @@ class ClientSampler:
             size = min(math.ceil(over * size), len(candidates)) if over > 1 else size
             chosen = self.selection.choose(rng, candidates, size)
         else:
-            chosen = np.sort(rng.choice(population, size=size, replace=False)).tolist()
+            chosen = uniform_draw(rng, range(population), size)
         if self.config.partition_source == "server":
             partitions = chosen
             if salt == FIT_DRAW:

@@ -31,6 +31,15 @@ from fl_app.config import ConfigError, RunConfig
 from fl_app.heterogeneity import oort_select, power_of_choice
 
 
+def uniform_draw(
+    rng: np.random.Generator, candidates: Sequence[int], size: int
+) -> list[int]:
+    """``size`` of ``candidates`` uniformly without replacement, in their order: the
+    app's seeded draw (over ``range(K)``, ``np.sort(rng.choice(K, size))``)."""
+    picked = rng.choice(len(candidates), size=size, replace=False)
+    return [candidates[i] for i in np.sort(picked)]
+
+
 class Selection:
     """The policy, and what it has observed of each partition so far."""
 
@@ -50,8 +59,7 @@ class Selection:
     ) -> list[int]:
         """``size`` of ``candidates`` (ascending partition ids), ascending."""
         if self.policy == "uniform":
-            picked = rng.choice(len(candidates), size=size, replace=False)
-            return [candidates[i] for i in np.sort(picked)]
+            return uniform_draw(rng, candidates, size)
         if self.policy == "power-of-choice":
             return self._power_of_choice(rng, candidates, size)
         return self._oort(rng, candidates, size)

@@ -37,6 +37,8 @@ from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+from fl_app.grid import IN_MEMORY_INTERVAL_S
+
 APP_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -49,6 +51,8 @@ class LocalGrid(Grid):
     """A ``Grid`` whose nodes are ClientApp calls in a worker thread of this process,
     one call at a time (one trainer, as one Ray actor per core gives on a 2-core
     machine, and torch has the cores to itself)."""
+
+    pull_interval_s = IN_MEMORY_INTERVAL_S  # a lookup in this process
 
     def __init__(
         self,

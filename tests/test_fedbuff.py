@@ -16,7 +16,7 @@ from flwr.common import ndarrays_to_parameters
 from flwr.compat.common.recorddict_compat import recorddict_to_fitins
 
 from fl_app import keys
-from fl_app.audit.analysis import trained_by
+from fl_app.client import trained_by
 from fl_app.config import ConfigError, RunConfig
 from fl_app.heterogeneity import Arrival, AsyncScheduler, client_seconds, draw_profiles
 from fl_app.model import build_model, get_weights

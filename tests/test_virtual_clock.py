@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flwr.common import ndarrays_to_parameters
 
-from fl_app.audit.analysis import trained_by
+from fl_app.client import trained_by
 from fl_app.config import ConfigError, RunConfig
 from fl_app.heterogeneity import client_seconds, draw_profiles
 from fl_app.model import build_model, get_weights

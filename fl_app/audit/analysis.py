@@ -33,8 +33,9 @@ from fl_app.audit.separation import (
     separate_inputs,
     summary,
 )
+from fl_app.client import trained_by
 from fl_app.config import RunConfig
-from fl_app.data import client_indices, load_raw, load_split
+from fl_app.data import load_raw, load_split
 from fl_app.model import build_model, get_weights
 from fl_app.results import (
     AUDIT_DIR,
@@ -65,23 +66,6 @@ def canaries_of(config: RunConfig, num_partitions: int) -> frozenset[int]:
     if config.attack.kind != "canary" or not config.attack.enabled:
         return frozenset()
     return attacking_partitions(config.seed, num_partitions, config.attack.fraction)
-
-
-def trained_by(config: RunConfig, partition: int, num_partitions: int) -> np.ndarray:
-    """The indices a partition's client trains on in the run ``config`` describes
-    (``fl_app.data.client_indices``: its training share, on the run's half)."""
-    train, _ = client_indices(
-        config.dataset,
-        config.data_dir,
-        config.partitioner,
-        partition,
-        num_partitions,
-        alpha=config.dirichlet_alpha,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-        half_seed=config.audit.half_seed,
-    )
-    return train
 
 
 def took_part(run_dir: Path) -> set[int]:

@@ -19,7 +19,12 @@ from fl_app.heterogeneity.clock import (
     round_timing,
     work_fraction,
 )
-from fl_app.heterogeneity.devices import DeviceProfile, DeviceSpec, draw_profiles
+from fl_app.heterogeneity.devices import (
+    DeviceProfile,
+    DeviceSpec,
+    device_profiles,
+    draw_profiles,
+)
 from fl_app.heterogeneity.fedbuff import (
     Arrival,
     AsyncScheduler,
@@ -40,6 +45,7 @@ __all__ = [
     "buffered_update",
     "client_seconds",
     "compute_seconds",
+    "device_profiles",
     "draw_profiles",
     "oort_select",
     "oort_utility",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -122,6 +123,15 @@ def draw_profiles(spec: DeviceSpec, num_clients: int, seed: int) -> list[DeviceP
         DeviceProfile(c, d, u, s, fraction, day)
         for c, d, u, s in zip(compute, down, up, start, strict=True)
     ]
+
+
+@lru_cache(maxsize=4)
+def device_profiles(
+    spec: DeviceSpec, num_clients: int, seed: int
+) -> tuple[DeviceProfile, ...]:
+    """``draw_profiles``, drawn once a process for the same arguments: the server's
+    clock and every client process ask for the same devices round after round."""
+    return tuple(draw_profiles(spec, num_clients, seed))
 
 
 def _require(name: str, value: float, rule: str, ok: Callable[[float], bool]) -> None:
